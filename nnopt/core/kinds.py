@@ -1,0 +1,217 @@
+"""The interface of each component kind (SPEC §3).
+
+A plugin subclasses the base of its kind, sets ``Params`` and ``cache_version``, writes a
+docstring naming the equation or paper it implements, and registers the class under the
+kind's entry-point group (``nnopt.<kind>``). The engine only ever calls the methods below.
+
+Torch is imported lazily (only for annotations here) so that listing and validating stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
+
+from pydantic import Field
+
+from .component import Component, NoParams, Params
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+
+# --------------------------------------------------------------------------- datasets
+class DatasetParams(Params):
+    """Parameters every dataset takes: the mini-batch size of training."""
+
+    batch_size: int = Field(64, ge=1, description="mini-batch size used by training stages")
+
+
+@dataclass
+class DataSplit:
+    """An in-memory dataset: train and test tensors, kept on one device.
+
+    Training stages shuffle and batch it by index on the device (no DataLoader): for data of
+    this size the per-batch collation of a DataLoader costs more than the step itself.
+    """
+
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
+    task: Literal["classification", "regression"]
+    input_shape: tuple[int, ...]
+    output_dim: int
+    num_classes: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: "torch.device | str") -> "DataSplit":
+        return replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+
+class Dataset(Component):
+    """Kind ``datasets``: produces a ``DataSplit`` deterministically from a seed."""
+
+    kind: ClassVar[str] = "datasets"
+    Params: ClassVar[type[Params]] = DatasetParams
+
+    def load(self, seed: int) -> DataSplit:
+        raise NotImplementedError(f"{type(self).__name__}.load")
+
+
+# --------------------------------------------------------------------------- model parts
+class Activation(Component):
+    """Kind ``activations``: an elementwise nonlinearity φ."""
+
+    kind: ClassVar[str] = "activations"
+
+    def build(self) -> "nn.Module":
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+class Normalizer(Component):
+    """Kind ``normalizers``: how an architecture normalizes its layers.
+
+    Architectures call ``feature_layer`` after each hidden linear/conv layer (BatchNorm,
+    LayerNorm, ... return a module there) and ``parametrize`` on each weight layer (weight
+    and spectral normalization reparametrize the weight there). The base class does neither,
+    so it doubles as "no normalization".
+    """
+
+    kind: ClassVar[str] = "normalizers"
+
+    def feature_layer(self, num_features: int, spatial_dims: int = 0) -> "nn.Module | None":
+        """A module normalizing ``num_features`` channels (``spatial_dims`` = 0, 1, 2), or None."""
+        return None
+
+    def parametrize(self, layer: "nn.Module") -> "nn.Module":
+        """The layer, with its weight reparametrized if this normalizer does that."""
+        return layer
+
+
+class Architecture(Component):
+    """Kind ``architectures``: builds an ``nn.Module`` for a data shape."""
+
+    kind: ClassVar[str] = "architectures"
+
+    def build(self, input_shape: tuple[int, ...], output_dim: int, normalizer: Normalizer) -> "nn.Module":
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+class Initializer(Component):
+    """Kind ``initializers``: sets a freshly built model's parameters in place.
+
+    ``sample_inputs`` returns a batch of training inputs on the model's device, for
+    data-dependent schemes (LSUV); data-free schemes ignore it. ``generator`` is the only
+    source of randomness an initializer may use, so results follow the stage seed.
+    """
+
+    kind: ClassVar[str] = "initializers"
+
+    def initialize(
+        self,
+        model: "nn.Module",
+        sample_inputs: Callable[[], "torch.Tensor"],
+        generator: "torch.Generator",
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.initialize")
+
+
+# --------------------------------------------------------------------------- training
+class Loss(Component):
+    """Kind ``losses``: ``build(reduction)`` returns ``f(outputs, targets) -> loss``."""
+
+    kind: ClassVar[str] = "losses"
+
+    def build(self, reduction: Literal["mean", "sum", "none"] = "mean") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+class Optimizer(Component):
+    """Kind ``optimizers``: builds a ``torch.optim.Optimizer`` over the given parameters.
+
+    ``needs_closure`` marks methods (L-BFGS, line searches) whose ``step`` must be given a
+    closure that recomputes the loss; training stages pass one when it is set.
+    """
+
+    kind: ClassVar[str] = "optimizers"
+    needs_closure: ClassVar[bool] = False
+
+    def build(self, params: Iterable[Any], device: "torch.device") -> "torch.optim.Optimizer":
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+class Schedule(Component):
+    """Kind ``schedules``: a learning-rate schedule stepped once per optimizer step."""
+
+    kind: ClassVar[str] = "schedules"
+
+    def build(self, optimizer: "torch.optim.Optimizer", total_steps: int) -> "torch.optim.lr_scheduler.LRScheduler":
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+# --------------------------------------------------------------------------- analysis
+@dataclass
+class AnalysisContext:
+    """What an analyzer is given, in a train stage's ``track`` or in an ``analyze`` stage.
+
+    ``model`` holds the weights under analysis (in train mode: the live model). ``batch`` is
+    the current mini-batch while tracking, else None. ``load_model(ref)`` builds the model of
+    another weight reference (``"train@0"``) for analyzers comparing several solutions.
+    """
+
+    model: "nn.Module"
+    loss_fn: Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+    data: DataSplit
+    device: "torch.device"
+    generator: "torch.Generator"
+    step: int | None = None
+    batch: "tuple[torch.Tensor, torch.Tensor] | None" = None
+    load_model: Callable[[Any], "nn.Module"] | None = None
+
+
+class Analyzer(Component):
+    """Kind ``analyzers``: measures something of a model; returns JSON-serializable results."""
+
+    kind: ClassVar[str] = "analyzers"
+
+    def analyze(self, ctx: AnalysisContext) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__}.analyze")
+
+    def plot(self, results: dict[str, Any], out_dir: Path) -> list[Path]:
+        """Draw one analysis result into ``out_dir``; returns the files written."""
+        return []
+
+    def plot_series(self, series: list[tuple[int, dict[str, Any]]], out_dir: Path) -> list[Path]:
+        """Draw results tracked over training steps into ``out_dir``; returns the files written."""
+        return []
+
+
+__all__ = [
+    "Activation",
+    "AnalysisContext",
+    "Analyzer",
+    "Architecture",
+    "DataSplit",
+    "Dataset",
+    "DatasetParams",
+    "Initializer",
+    "Loss",
+    "NoParams",
+    "Normalizer",
+    "Optimizer",
+    "Params",
+    "Schedule",
+]

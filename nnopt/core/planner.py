@@ -1,0 +1,315 @@
+"""From a pipeline file to validated, keyed plans: everything checked before anything runs.
+
+``load_plans(path, sets)`` parses the file, applies ``--set`` overrides, expands ``matrix:``,
+validates each combination (top level, each stage against its kind, every component's params
+against that component's model, every weight reference against the stage it names), orders
+the stages and computes each stage's cache key. All problems of all combinations are
+gathered and raised together as one ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .component import ComponentRef, WeightRef
+from .errors import Diagnostic, Location, PluginError, Problems, SpecError, did_you_mean
+from .keys import stage_key
+from .model_spec import ModelSpec
+from .overrides import Override, apply, expand_matrix, parse_set
+from .registry import Registry, singular
+from .spec import STAGE_ID_PATTERN, PipelineSpec, diagnostics_from
+from .stage import Stage, StageSpec
+from .yaml_source import Path, Source, dotted, parse_yaml
+
+INHERITED = ("data", "model", "loss")
+
+
+@dataclass
+class PlannedStage:
+    """A stage ready to run: its validated spec, effective inputs, dependencies and key."""
+
+    id: str
+    kind: str
+    cls: type[Stage]
+    spec: StageSpec
+    seed: int
+    data: Any
+    model: ModelSpec | None
+    loss: Any
+    weights: dict[str, WeightRef]  # every weight reference it reads, by its text
+    deps: list[str]
+    providers: dict[str, str]  # "kind/name" -> "dist version", for provenance
+    key: str = ""
+    resolved: dict[str, Any] = field(default_factory=dict)  # spec.json: resolved, defaults included
+
+
+@dataclass
+class Plan:
+    """One pipeline (one matrix combination), its stages in run order."""
+
+    name: str
+    file: str
+    params: dict[str, Any]
+    device: str
+    stages: list[PlannedStage]
+    watched_files: list[str] = field(default_factory=list)
+
+    def stage(self, stage_id: str) -> PlannedStage:
+        return next(s for s in self.stages if s.id == stage_id)
+
+
+def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | None = None, device: str | None = None) -> list[Plan]:
+    """Validate ``file`` with overrides ``sets`` into one plan per matrix combination."""
+    registry = registry or Registry()
+    name = str(file)
+    try:
+        text = FsPath(file).read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError([Diagnostic(Location(name), "", f"cannot read the pipeline file: {err.strerror or err}")]) from None
+    source = parse_yaml(text, name)
+    if not isinstance(source.data, dict):
+        raise SpecError([Diagnostic(source.locate(()), "", "expected a mapping with name, stages, ... at the top level")])
+    problems = Problems()
+    overrides = [parse_set(s) for s in sets]
+    for override in overrides:
+        for diag in apply(source, override):
+            problems.add(diag)
+        _unpin_matrix_axis(source, override)
+    problems.raise_if_any()
+    combos, matrix_problems = expand_matrix(source)
+    for diag in matrix_problems:
+        problems.add(diag)
+    plans = []
+    for combo in combos:
+        plan = _plan_one(combo.source, combo.params, registry, problems, device)
+        if plan is not None:
+            plans.append(plan)
+    if problems:
+        raise SpecError(sorted(problems.items, key=lambda d: (d.location.source, d.location.line or 0, d.location.column or 0)))
+    return plans
+
+
+def _unpin_matrix_axis(source: Source, override: Override) -> None:
+    """A ``--set`` of a path that the matrix varies pins it: the command line wins."""
+    matrix = source.data.get("matrix")
+    if isinstance(matrix, dict):
+        matrix.pop(".".join(str(p) for p in override.path), None)
+        if not matrix:
+            del source.data["matrix"]
+
+
+def _plan_one(source: Source, params: dict[str, Any], registry: Registry, problems: Problems, device_override: str | None) -> Plan | None:
+    data = dict(source.data)
+    try:
+        pipeline = PipelineSpec.model_validate({**data, "matrix": None})
+    except ValidationError as err:
+        for diag in diagnostics_from(err, source, model=PipelineSpec):
+            problems.add(diag)
+        pipeline = None
+    raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    providers: dict[str, str] = {}
+    if pipeline is not None:
+        for part in INHERITED:
+            resolve_components(getattr(pipeline, part), (part,), source, registry, problems, providers)
+    stage_specs: dict[str, tuple[type[Stage], StageSpec]] = {}
+    for sid, raw in raw_stages.items():
+        checked = _validate_stage(str(sid), raw, source, registry, problems, providers)
+        if checked is not None:
+            stage_specs[str(sid)] = checked
+    if pipeline is None or len(stage_specs) != len(raw_stages):
+        return None
+
+    device = device_override or pipeline.device
+    planned: dict[str, PlannedStage] = {}
+    graph: dict[str, set[str]] = {}
+    for sid, (cls, spec) in stage_specs.items():
+        weights = {}
+        for path, ref in _find(spec, ("stages", sid), WeightRef):
+            problem = _check_weight_ref(ref, sid, stage_specs)
+            if problem:
+                message, hint = problem
+                problems.add(Diagnostic(source.locate(path), dotted(path), message, hint))
+            else:
+                weights[str(ref)] = ref
+        graph[sid] = {ref.stage for ref in weights.values()}
+        planned[sid] = PlannedStage(sid, spec.kind, cls, spec, 0, None, None, None, weights, sorted(graph[sid]), {})
+
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        cycle = err.args[1]
+        path = ("stages", cycle[0])
+        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stages depend on each other in a cycle: " + " -> ".join(cycle)))
+        return None
+    # keep the file's order where dependencies allow it (static_order may reorder freely)
+    order = _stable_order(list(stage_specs), graph)
+
+    for sid in order:
+        st = planned[sid]
+        parent = planned[st.spec.from_.stage] if st.spec.from_ is not None and st.spec.from_.stage in planned else None
+        st.seed = st.spec.seed if st.spec.seed is not None else (parent.seed if parent else pipeline.seed)
+        for part in INHERITED:
+            own = getattr(st.spec, part)
+            value = own if own is not None else (getattr(parent, part) if parent else getattr(pipeline, part))
+            setattr(st, part, value)
+            if part in st.cls.needs and value is None:
+                path = ("stages", sid)
+                problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path + (part,)),
+                                        f"stage kind '{st.kind}' needs '{part}': give it here, in the stage it starts from, or at the top of the file"))
+        st.providers = _providers_of(st, providers)
+    if problems:
+        return None
+
+    resolved_device = resolve_device(device)
+    for sid in order:
+        st = planned[sid]
+        st.key, st.resolved = stage_key(st, {d: planned[d].key for d in st.deps}, resolved_device)
+    watched = sorted({f for st in planned.values() for f in _watched(st)})
+    return Plan(pipeline.name, source.name, params, device, [planned[s] for s in order], watched)
+
+
+def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
+    done: list[str] = []
+    pending = list(ids)
+    while pending:
+        ready = next(s for s in pending if graph[s] <= set(done))
+        done.append(ready)
+        pending.remove(ready)
+    return done
+
+
+def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]):
+    import re
+
+    path: Path = ("stages", sid)
+    if not re.match(STAGE_ID_PATTERN, sid):
+        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stage ids may use letters, digits, _ and - only"))
+        return None
+    if not isinstance(raw, dict):
+        problems.add(Diagnostic(source.locate(path), dotted(path), "expected a mapping with 'kind: <stage kind>'"))
+        return None
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        names = ", ".join(registry.names("stages"))
+        problems.add(Diagnostic(source.locate(path), dotted(path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
+        return None
+    try:
+        cls, entry = registry.load("stages", kind)
+    except PluginError as err:
+        hint = did_you_mean(kind, registry.names("stages"))
+        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), _strip_hint(str(err)), hint))
+        return None
+    providers[f"stages/{kind}"] = entry.provider
+    try:
+        spec = cls.Params.model_validate(raw)
+    except ValidationError as err:
+        for diag in diagnostics_from(err, source, path, model=cls.Params):
+            problems.add(diag)
+        return None
+    resolve_components(spec, path, source, registry, problems, providers)
+    return cls, spec
+
+
+def resolve_components(obj: Any, path: Path, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]) -> None:
+    """Resolve every component reference in ``obj`` (recursively, params included)."""
+    for ref_path, ref in _find(obj, path, ComponentRef):
+        _resolve_ref(ref, ref_path, source, registry, problems, providers)
+
+
+def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]) -> None:
+    name_path = path + ("name",) if (path + ("name",)) in source.values else path
+    try:
+        cls, entry = registry.load(ref.kind, ref.name)
+    except PluginError as err:
+        hint = did_you_mean(ref.name, registry.names(ref.kind))
+        problems.add(Diagnostic(source.locate(name_path), dotted(path), _strip_hint(str(err)), hint))
+        return
+    if not issubclass(cls.Params, BaseModel):
+        problems.add(Diagnostic(source.locate(path), dotted(path), f"{singular(ref.kind)} '{ref.name}' has no pydantic Params"))
+        return
+    try:
+        params = cls.Params.model_validate(ref.params)
+    except ValidationError as err:
+        for diag in diagnostics_from(err, source, path, model=cls.Params):
+            problems.add(diag)
+        return
+    ref.resolve(cls, params, entry.provider)
+    providers[f"{ref.kind}/{ref.name}"] = entry.provider
+    resolve_components(params, path, source, registry, problems, providers)
+
+
+def _strip_hint(message: str) -> str:
+    return message.split(" (did you mean")[0]
+
+
+def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:
+    """Every instance of ``kind`` inside ``obj`` with its YAML path. Component params sit
+    at their ref's own level in YAML, so a ref's resolved params share the ref's path."""
+    found: list[tuple[Path, Any]] = []
+    if isinstance(obj, kind):
+        found.append((path, obj))
+        if isinstance(obj, ComponentRef):
+            return found  # its params are walked after it is resolved
+    if isinstance(obj, ComponentRef):
+        if obj.is_resolved:
+            found += _find(obj.resolved, path, kind)
+        return found
+    if isinstance(obj, BaseModel):
+        for name, info in type(obj).model_fields.items():
+            found += _find(getattr(obj, name), path + (info.alias or name,), kind)
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            found += _find(item, path + (i,), kind)
+    elif isinstance(obj, dict):
+        for k, item in obj.items():
+            found += _find(item, path + (k,), kind)
+    return found
+
+
+def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Stage], StageSpec]]) -> tuple[str, str | None] | None:
+    if ref.stage == sid:
+        return f"stage '{sid}' cannot read its own weights", None
+    if ref.stage not in stages:
+        return f"no stage '{ref.stage}' in this pipeline", did_you_mean(ref.stage, stages)
+    cls, spec = stages[ref.stage]
+    if ref.step is None:
+        if not cls.provides_weights:
+            return f"stage '{ref.stage}' (kind {spec.kind}) leaves no weights to refer to", None
+        return None
+    kept = cls(spec).kept_steps()
+    if ref.step not in kept:
+        shown = ", ".join(map(str, sorted(kept))) or "none"
+        return (f"stage '{ref.stage}' does not keep step {ref.step} (kept: {shown}); add {ref.step} to stages.{ref.stage}.keep", None)
+    return None
+
+
+def _providers_of(st: PlannedStage, providers: dict[str, str]) -> dict[str, str]:
+    used = {f"stages/{st.kind}"}
+    for part in (st.spec, st.data, st.model, st.loss):
+        for _, ref in _find(part, (), ComponentRef):
+            used.add(f"{ref.kind}/{ref.name}")
+    return {k: providers[k] for k in sorted(used) if k in providers}
+
+
+def _watched(st: PlannedStage) -> list[str]:
+    files = []
+    for part in (st.spec, st.data, st.model, st.loss):
+        for _, ref in _find(part, (), ComponentRef):
+            if ref.is_resolved:
+                files += ref.component.watched_files(ref.resolved)
+    return files
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is usable, else ``cpu``. Part of every stage key:
+    results on a GPU are not bit-identical to results on a CPU."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

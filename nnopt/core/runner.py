@@ -1,0 +1,226 @@
+"""Running a plan: each stage is reused from the store or computed, once, under its lock.
+
+For each stage in order: if a dependency did not finish, it is ``skipped``; if its key is
+complete in the store (and no ``--force``/``--redo`` asks otherwise) it is ``cached``; else
+the runner takes the stage's file lock (a concurrent run computing the same key makes this
+one wait, then reuse the result; with ``wait=False`` it raises ``StageBusy``), seeds every
+generator, runs the stage in a private work directory and commits it atomically. A stage that
+diverges is committed with status ``diverged`` (the divergence is its deterministic result);
+a stage that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import secrets
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import StageError
+from .planner import Plan, PlannedStage
+from .stage import ResolvedWeights, StageContext, json_safe, weights_file
+from .store import Store, read_json, write_json
+
+OK = ("ran", "cached")
+
+
+@dataclass
+class StageReport:
+    id: str
+    status: str  # ran | cached | failed | diverged | skipped
+    key: str
+    dir: str
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "id"}
+        if not out["results"]:
+            out.pop("results")
+        if out["message"] is None:
+            out.pop("message")
+        return json_safe(out)
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    run: str
+    params: dict[str, Any]
+    stages: list[StageReport]
+
+    @property
+    def status(self) -> str:
+        statuses = {s.status for s in self.stages}
+        if "failed" in statuses:
+            return "failed"
+        if "diverged" in statuses:
+            return "diverged"
+        return "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pipeline": self.pipeline, "run": self.run, "status": self.status}
+        if self.params:
+            out["params"] = self.params
+        out["stages"] = {s.id: s.to_json() for s in self.stages}
+        return out
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def stored_report(store: Store, stage_id: str, key: str) -> StageReport:
+    """The report of a complete stage, read back from its ``result.json``."""
+    result = read_json(store.stage_dir(key) / "result.json")
+    status = "diverged" if result.get("status") == "diverged" else "cached"
+    return StageReport(stage_id, status, key, str(store.stage_dir(key)), result.get("seconds", 0.0),
+                       result.get("metrics", {}), result.get("results", {}), result.get("message"))
+
+
+def record_run(store: Store, report: RunReport, file: str, argv: list[str], started: float) -> None:
+    store.write_run({
+        "run": report.run, "pipeline": report.pipeline, "file": os.path.abspath(file), "params": report.params,
+        "status": report.status, "argv": argv, "started": started, "ended": time.time(),
+        "stages": {s.id: {"key": s.key, "status": s.status} for s in report.stages},
+    })
+
+
+def run_plan(
+    plan: Plan,
+    store: Store,
+    *,
+    force: bool = False,
+    redo: set[str] = frozenset(),
+    wait: bool = True,
+    progress: bool = True,
+    argv: list[str] | None = None,
+    on_stage: Callable[[StageReport], None] | None = None,
+    debug: bool = False,
+) -> RunReport:
+    """Run what is not cached; returns the report (also saved as a run record)."""
+    argv = argv if argv is not None else sys.argv
+    started = time.time()
+    report = RunReport(plan.name, new_run_id(plan.name), plan.params, [])
+    by_id: dict[str, StageReport] = {}
+    redo_all = _with_dependents(plan, redo)
+    try:
+        for st in plan.stages:
+            rep = _one_stage(plan, st, store, by_id, force or st.id in redo_all, wait, progress, argv, debug)
+            by_id[st.id] = rep
+            report.stages.append(rep)
+            if on_stage:
+                on_stage(rep)
+    finally:
+        if report.stages:
+            record_run(store, report, plan.file, argv, started)
+    return report
+
+
+def _with_dependents(plan: Plan, redo: set[str]) -> set[str]:
+    out = set(redo)
+    for st in plan.stages:  # stages are in dependency order
+        if set(st.deps) & out:
+            out.add(st.id)
+    return out
+
+
+def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport], forced: bool, wait: bool,
+               progress: bool, argv: list[str], debug: bool) -> StageReport:
+    blocked = [d for d in st.deps if done[d].status not in OK]
+    if blocked:
+        return StageReport(st.id, "skipped", st.key, "", message=f"skipped: '{blocked[0]}' is {done[blocked[0]].status}")
+    if not forced and store.is_complete(st.key):
+        return stored_report(store, st.id, st.key)
+    with store.lock(st.key, wait):
+        if not forced and store.is_complete(st.key):  # another run computed it while we waited
+            return stored_report(store, st.id, st.key)
+        return _compute(plan, st, store, progress, argv, debug)
+
+
+def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: list[str], debug: bool) -> StageReport:
+    import torch
+
+    from .planner import resolve_device
+    from .progress import StageProgress
+
+    device = torch.device(resolve_device(plan.device))
+    determinism = _seed_everything(st.seed, device)
+    workdir = store.new_workdir(st.key)
+    weights = {
+        text: ResolvedWeights(store.stage_dir(plan.stage(ref.stage).key) / weights_file(ref.step), plan.stage(ref.stage).model)
+        for text, ref in st.weights.items()
+    }
+    ctx = StageContext(st.id, st.spec, st.seed, device, workdir, st.data, st.model, st.loss, weights,
+                       progress=lambda total, desc: StageProgress(total, desc, enabled=progress))
+    start_wall, t0 = time.time(), time.perf_counter()
+    try:
+        try:
+            outcome = st.cls(st.spec).run(ctx)
+        finally:
+            ctx.close()
+    except StageError as err:
+        store.discard(workdir)
+        return StageReport(st.id, "failed", st.key, "", time.perf_counter() - t0, message=str(err))
+    except KeyboardInterrupt:
+        store.discard(workdir)
+        raise
+    except Exception as err:  # a bug in a component: keep the run going, report it in one line
+        store.discard(workdir)
+        message = f"{type(err).__name__}: {err}"
+        if debug:
+            traceback.print_exc()
+        return StageReport(st.id, "failed", st.key, "", time.perf_counter() - t0, message=message)
+    seconds = time.perf_counter() - t0
+    status = "diverged" if outcome.status == "diverged" else "ok"
+    write_json(workdir / "spec.json", st.resolved)
+    write_json(workdir / "result.json", json_safe({"status": status, "metrics": outcome.metrics, "results": outcome.results,
+                                                   "message": outcome.message, "seconds": seconds}))
+    manifest = {
+        "key": st.key, "stage": st.id, "kind": st.kind, "pipeline": plan.name, "status": status,
+        "spec": st.resolved, "command": argv, "nnopt": _nnopt_version(), "providers": st.providers,
+        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "device": str(device), "seed": st.seed, "determinism": determinism,
+        "started": start_wall, "ended": time.time(),
+    }
+    final = store.commit(workdir, st.key, manifest)
+    return StageReport(st.id, "diverged" if status == "diverged" else "ran", st.key, str(final), seconds,
+                       json_safe(outcome.metrics), json_safe(outcome.results), outcome.message)
+
+
+def _seed_everything(seed: int, device: "Any") -> dict[str, Any]:
+    """Seed Python, numpy and torch; ask torch for deterministic kernels. Returns the flags."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return {"use_deterministic_algorithms": True, "cudnn_benchmark": False, "torch_threads": torch.get_num_threads()}
+
+
+def _nnopt_version() -> dict[str, Any]:
+    from nnopt import __version__
+
+    out: dict[str, Any] = {"version": __version__}
+    here = Path(__file__).resolve().parents[2]
+    if (here / ".git").exists():
+        try:
+            out["git_commit"] = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                               text=True, timeout=5).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out

@@ -1,0 +1,101 @@
+"""The pipeline file's top level (SPEC §1), and pydantic errors turned into located diagnostics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .component import DatasetRef, LossRef
+from .errors import Diagnostic, did_you_mean
+from .model_spec import ModelSpec
+from .yaml_source import Path, Source, dotted
+
+NAME_PATTERN = r"^[a-z0-9_-]+$"
+STAGE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+class PipelineSpec(BaseModel):
+    """A whole pipeline file. ``stages`` holds raw mappings here; each is validated against
+    its own stage kind's params model by the planner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="pipeline name: lowercase letters, digits, _ and -")
+    description: str | None = Field(None, description="free text, shown by `nnopt show`")
+    seed: int = Field(0, description="every random choice derives from it")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    data: DatasetRef | None = None  # type: ignore[valid-type]
+    model: ModelSpec | None = None
+    loss: LossRef | None = None  # type: ignore[valid-type]
+    stages: dict[str, dict[str, Any]] = Field(min_length=1, description="ordered mapping: stage id -> stage")
+    matrix: dict[str, list[Any]] | None = Field(None, description="dotted path -> values; one pipeline per combination")
+
+
+def diagnostics_from(err: ValidationError, source: Source, prefix: Path = (), model: type[BaseModel] | None = None) -> list[Diagnostic]:
+    """One located diagnostic per pydantic error, with "expected ..." wording and suggestions."""
+    out = []
+    for e in err.errors(include_url=False):
+        loc = tuple(prefix) + _yaml_loc(e["loc"])
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, e["loc"]) if model else []
+            key = loc[-1]
+            expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+            out.append(Diagnostic(source.locate(loc, at_key=True), dotted(loc), f"unknown key '{key}'{expected}", did_you_mean(key, allowed)))
+        elif kind == "missing":
+            out.append(Diagnostic(source.locate(loc[:-1]), dotted(loc), f"missing required key '{loc[-1]}'"))
+        else:
+            out.append(Diagnostic(source.locate(loc), dotted(loc), _wording(e)))
+    return out
+
+
+def _yaml_loc(loc: tuple[Any, ...]) -> Path:
+    """Drop pydantic's internal segments (``params`` of a component ref, validator tags)."""
+    out: list[Any] = []
+    for part in loc:
+        if part == "params" and out:  # {name: x, lr: 1} is written flat in YAML
+            continue
+        if isinstance(part, str) and (part.startswith("function-") or part in ("tagged-union",)):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _wording(e: dict[str, Any]) -> str:
+    msg: str = e["msg"]
+    msg = msg.replace("Input should be", "expected").replace("Value error, ", "").replace("Assertion failed, ", "")
+    if msg.startswith("String should match pattern"):
+        msg = "expected " + msg[len("String should match pattern ") :].strip() + " (a regular expression)"
+    msg = msg[:1].lower() + msg[1:]
+    if "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
+        msg += f", got {e['input']!r}"
+    return msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Keys the model accepts at the mapping that holds ``loc[-1]`` (field aliases included)."""
+    target: Any = model
+    for part in loc[:-1]:
+        fields = getattr(target, "model_fields", None)
+        if fields is None:
+            return []
+        by_alias = {(f.alias or n): f for n, f in fields.items()}
+        field = by_alias.get(part) or fields.get(part)
+        if field is None:
+            return []
+        target = _model_in(field.annotation)
+        if target is None:
+            return []
+    fields = getattr(target, "model_fields", {}) or {}
+    return sorted((f.alias or n) for n, f in fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

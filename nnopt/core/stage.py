@@ -1,0 +1,209 @@
+"""The stage interface: what a stage kind declares, and what the engine hands it to run.
+
+A stage kind is a component of kind ``stages`` (built-ins ``train`` and ``analyze`` register
+through the same entry points as a plugin's would). Its ``Params`` subclasses ``StageSpec``;
+the engine validates a ``stages.<id>`` mapping against it, computes the stage's cache key,
+and, when the key is not in the store, calls ``run(ctx)`` with a ``StageContext`` whose
+``out_dir`` is a private temporary directory that becomes the stage's directory only after
+``run`` returns (the write is atomic: a killed run leaves no half-written stage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from .component import Component, DatasetRef, LossRef, Params, WeightRef
+from .model_spec import ModelSpec, build_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .kinds import DataSplit
+    from .progress import StageProgress
+
+
+class StageSpec(Params):
+    """Keys every stage accepts. ``seed``/``data``/``model``/``loss`` override the pipeline's
+    for this stage alone; left out, a stage with ``from`` inherits them from that stage, and
+    any other stage from the pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: str
+    from_: WeightRef | None = Field(None, alias="from", description="stage (or STAGE@N) whose output this stage starts from")
+    seed: int | None = None
+    data: DatasetRef | None = None  # type: ignore[valid-type]
+    model: ModelSpec | None = None
+    loss: LossRef | None = None  # type: ignore[valid-type]
+
+
+@dataclass
+class StageOutcome:
+    """What ``Stage.run`` returns. ``status`` is ``ok`` or ``diverged``; ``metrics`` are the
+    stage's final numbers (train stages), ``results`` its analyzer outputs (analyze stages)."""
+
+    status: Literal["ok", "diverged"] = "ok"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+
+
+class Stage(Component):
+    """Base of stage kinds (entry-point group ``nnopt.stages``)."""
+
+    kind: ClassVar[str] = "stages"
+    Params: ClassVar[type[Params]] = StageSpec
+    #: which of data / model / loss must resolve (from the stage, its ``from`` or the pipeline)
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: whether the stage leaves final weights that ``STAGE`` can refer to
+    provides_weights: ClassVar[bool] = False
+
+    def kept_steps(self) -> set[int]:
+        """Steps N whose weights this stage keeps, so that ``STAGE@N`` may refer to them."""
+        return set()
+
+    def run(self, ctx: "StageContext") -> StageOutcome:
+        raise NotImplementedError(f"{type(self).__name__}.run")
+
+
+def weights_file(step: int | None) -> str:
+    """Where a stage keeps its weights: ``weights/final.safetensors`` or ``weights/step_N...``."""
+    return "weights/final.safetensors" if step is None else f"weights/step_{step}.safetensors"
+
+
+@dataclass
+class ResolvedWeights:
+    """A weight reference resolved by the engine to a file and the model that reads it."""
+
+    path: Path
+    model: ModelSpec
+
+
+class StageContext:
+    """Everything a stage may use while it runs; built by the engine, never by a stage."""
+
+    def __init__(
+        self,
+        stage_id: str,
+        spec: StageSpec,
+        seed: int,
+        device: "torch.device",
+        out_dir: Path,
+        data: DatasetRef | None = None,  # type: ignore[valid-type]
+        model: ModelSpec | None = None,
+        loss: LossRef | None = None,  # type: ignore[valid-type]
+        weights: dict[str, ResolvedWeights] | None = None,
+        progress: Callable[..., "StageProgress"] | None = None,
+    ):
+        self.stage_id = stage_id
+        self.spec = spec
+        self.seed = seed
+        self.device = device
+        self.out_dir = Path(out_dir)
+        self.data_ref = data
+        self.model_spec = model
+        self.loss_ref = loss
+        self._weights = weights or {}
+        self._progress = progress
+        self._data: DataSplit | None = None
+        self._metrics_file = None
+
+    # ---------------------------------------------------------------- inputs
+    def load_data(self) -> "DataSplit":
+        """The stage's dataset on the stage's device (loaded once)."""
+        if self._data is None:
+            if self.data_ref is None:
+                raise RuntimeError(f"stage '{self.stage_id}' has no data")
+            self._data = self.data_ref.instantiate().load(self.seed).to(self.device)
+        return self._data
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.data_ref.resolved.batch_size) if self.data_ref is not None else 0
+
+    def loss_fn(self, reduction: str = "mean") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
+        if self.loss_ref is None:
+            raise RuntimeError(f"stage '{self.stage_id}' has no loss")
+        return self.loss_ref.instantiate().build(reduction)
+
+    def build_model(self) -> "nn.Module":
+        """A freshly initialized model from the stage's ``model`` spec and seed."""
+        if self.model_spec is None:
+            raise RuntimeError(f"stage '{self.stage_id}' has no model")
+        return build_model(self.model_spec, self.load_data(), self.seed, self.device)
+
+    def load_state(self, ref: WeightRef | str) -> dict[str, "torch.Tensor"]:
+        """The tensors stored for a weight reference (safetensors: no pickle involved)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self._resolve(ref).path), device=str(self.device))
+
+    def load_model(self, ref: WeightRef | str) -> "nn.Module":
+        """The model a weight reference points at, built from that stage's model spec."""
+        resolved = self._resolve(ref)
+        model = build_model(resolved.model, self.load_data(), self.seed, self.device, initialize=False)
+        model.load_state_dict(self.load_state(ref))
+        return model
+
+    def _resolve(self, ref: WeightRef | str) -> ResolvedWeights:
+        key = str(ref)
+        if key not in self._weights:
+            known = ", ".join(sorted(self._weights)) or "none"
+            raise KeyError(f"stage '{self.stage_id}' did not declare weights '{key}' (declared: {known})")
+        return self._weights[key]
+
+    # ---------------------------------------------------------------- outputs
+    def save_weights(self, state: dict[str, "torch.Tensor"], step: int | None = None) -> Path:
+        """Store a state dict as ``weights/final`` (step None) or ``weights/step_N``."""
+        from safetensors.torch import save_file
+
+        path = self.out_dir / weights_file(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # safetensors refuses shared or non-contiguous storage; a detached clone is neither.
+        save_file({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}, str(path))
+        return path
+
+    @property
+    def plots_dir(self) -> Path:
+        path = self.out_dir / "plots"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl`` (non-finite numbers written as strings)."""
+        if self._metrics_file is None:
+            self._metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._metrics_file.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+
+    def progress(self, total: int, description: str) -> "StageProgress":
+        """A progress bar on stderr (a silent one when progress is off)."""
+        from .progress import StageProgress
+
+        if self._progress is None:
+            return StageProgress(total, description, enabled=False)
+        return self._progress(total, description)
+
+    def close(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: tensors and numpy scalars to numbers, NaN/inf to the strings "nan"/"inf"."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value

@@ -1,0 +1,244 @@
+"""The content-addressed store (SPEC §5, §6): stage directories keyed by their cache key.
+
+Layout under the store root (``--store``, ``$NNOPT_HOME`` or ``./.nnopt``)::
+
+    stages/ab/abcdef.../   one complete stage: manifest.json, spec.json, result.json,
+                           metrics.jsonl, weights/*.safetensors, plots/*.png
+    tmp/                   stages being computed (renamed into stages/ when complete)
+    locks/<key>.lock       one file lock per stage key being computed
+    runs/<run id>.json     what one `nnopt run` did: pipeline, stage keys, statuses
+    index/<digest>.json    the plan index: pipeline text + context -> stage keys (fast hits)
+
+A stage is complete exactly when its directory exists under ``stages/``: it is assembled in
+``tmp/``, its manifest written last, and the directory renamed into place in one step.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+DEFAULT_STORE = ".nnopt"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("NNOPT_HOME") or DEFAULT_STORE)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StageBusy(Exception):
+    """Another run is computing this stage and the caller asked not to wait (exit 75)."""
+
+
+@dataclass
+class Store:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # ------------------------------------------------------------------ stages
+    def stage_dir(self, key: str) -> Path:
+        return self.root / "stages" / key[:2] / key
+
+    def is_complete(self, key: str) -> bool:
+        return (self.stage_dir(key) / "manifest.json").is_file()
+
+    def find_stage(self, prefix: str) -> list[str]:
+        """Keys of complete stages starting with ``prefix`` (at least 4 hex digits)."""
+        if len(prefix) < 4 or not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        base = self.root / "stages" / prefix[:2]
+        return sorted(p.name for p in base.glob(f"{prefix}*") if (p / "manifest.json").is_file()) if base.is_dir() else []
+
+    def all_stage_keys(self) -> list[str]:
+        base = self.root / "stages"
+        return sorted(p.name for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []
+
+    def new_workdir(self, key: str) -> Path:
+        """A private directory to assemble a stage in."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"{key[:16]}."))
+
+    def commit(self, workdir: Path, key: str, manifest: dict[str, Any]) -> Path:
+        """Checksum the artifacts, write the manifest last, and move the stage into place."""
+        manifest = dict(manifest)
+        manifest["artifacts"] = {
+            str(p.relative_to(workdir)): sha256_file(p) for p in sorted(workdir.rglob("*")) if p.is_file()
+        }
+        write_json(workdir / "manifest.json", manifest)
+        final = self.stage_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # --force / --redo: swap the old result out, then drop it
+            trash = Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="old."))
+            os.rename(final, trash / "stage")
+            os.rename(workdir, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(workdir, final)
+        return final
+
+    def discard(self, workdir: Path) -> None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def lock(self, key: str, wait: bool) -> "StageLock":
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        return StageLock(FileLock(str(self.root / "locks" / f"{key}.lock")), wait)
+
+    # ------------------------------------------------------------------ runs
+    def write_run(self, record: dict[str, Any]) -> Path:
+        path = self.root / "runs" / f"{record['run']}.json"
+        write_json(path, record)
+        return path
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run record, oldest first."""
+        base = self.root / "runs"
+        if not base.is_dir():
+            return []
+        records = []
+        for p in base.glob("*.json"):
+            try:
+                records.append(read_json(p))
+            except (OSError, ValueError):
+                continue
+        return sorted(records, key=lambda r: (r.get("started", 0), r.get("run", "")))
+
+    def remove_run(self, run_id: str) -> None:
+        (self.root / "runs" / f"{run_id}.json").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ index
+    def index_path(self, digest: str) -> Path:
+        return self.root / "index" / f"{digest}.json"
+
+    # ------------------------------------------------------------------ gc
+    def stale_workdirs(self, older_than_s: float = 0.0) -> Iterator[Path]:
+        base = self.root / "tmp"
+        if not base.is_dir():
+            return
+        now = time.time()
+        for p in base.iterdir():
+            if now - p.stat().st_mtime < older_than_s:
+                continue
+            key_prefix = p.name.split(".")[0]
+            busy = any(self._lock_held(lock) for lock in (self.root / "locks").glob(f"{key_prefix}*.lock"))
+            if not busy:
+                yield p
+
+    @staticmethod
+    def _lock_held(path: Path) -> bool:
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+
+class StageLock:
+    """The per-stage file lock: one process computes a key, others wait and reuse it."""
+
+    def __init__(self, lock: FileLock, wait: bool):
+        self._lock = lock
+        self._wait = wait
+
+    def __enter__(self) -> "StageLock":
+        try:
+            self._lock.acquire(timeout=-1 if self._wait else 0)
+        except Timeout:
+            raise StageBusy(self._lock.lock_file) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+@dataclass
+class GcReport:
+    runs_removed: list[str]
+    stages_removed: list[str]
+    workdirs_removed: int
+    bytes_freed: int
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = False) -> GcReport:
+    """Remove stages no kept run refers to, and work directories no live run owns.
+
+    With ``keep_last=N`` only the newest N runs of each pipeline are kept (older run records
+    are dropped first); by default every run record is kept.
+    """
+    runs = store.runs()
+    dropped: list[str] = []
+    if keep_last is not None:
+        by_pipeline: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            by_pipeline.setdefault(r.get("pipeline", ""), []).append(r)
+        for records in by_pipeline.values():
+            dropped += [r["run"] for r in records[: max(len(records) - keep_last, 0)]]
+    kept = [r for r in runs if r["run"] not in dropped]
+    referenced = {s["key"] for r in kept for s in r.get("stages", {}).values() if s.get("key")}
+    garbage = [k for k in store.all_stage_keys() if k not in referenced]
+    workdirs = list(store.stale_workdirs(older_than_s=0.0))
+    freed = sum(_size(store.stage_dir(k)) for k in garbage) + sum(_size(p) for p in workdirs)
+    if not dry_run:
+        for run_id in dropped:
+            store.remove_run(run_id)
+        for k in garbage:
+            shutil.rmtree(store.stage_dir(k), ignore_errors=True)
+        for p in workdirs:
+            shutil.rmtree(p, ignore_errors=True)
+        index = store.root / "index"
+        if index.is_dir():  # index entries naming removed stages can never hit again
+            for entry in index.glob("*.json"):
+                try:
+                    keys = {s["key"] for run in read_json(entry)["runs"] for s in run["stages"]}
+                except (OSError, ValueError, KeyError):
+                    keys = set(garbage)
+                if keys & set(garbage):
+                    entry.unlink(missing_ok=True)
+    return GcReport(dropped, garbage, len(workdirs), freed)
