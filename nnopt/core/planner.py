@@ -121,16 +121,12 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         checked = _validate_stage(str(sid), raw, source, registry, problems, providers)
         if checked is not None:
             stage_specs[str(sid)] = checked
-    if pipeline is None or len(stage_specs) != len(raw_stages):
-        return None
-
-    device = device_override or pipeline.device
     planned: dict[str, PlannedStage] = {}
     graph: dict[str, set[str]] = {}
     for sid, (cls, spec) in stage_specs.items():
         weights = {}
         for path, ref in _find(spec, ("stages", sid), WeightRef):
-            problem = _check_weight_ref(ref, sid, stage_specs)
+            problem = _check_weight_ref(ref, sid, stage_specs, set(map(str, raw_stages)))
             if problem:
                 message, hint = problem
                 problems.add(Diagnostic(source.locate(path), dotted(path), message, hint))
@@ -139,14 +135,17 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         graph[sid] = {ref.stage for ref in weights.values()}
         planned[sid] = PlannedStage(sid, spec.kind, cls, spec, 0, None, None, None, weights, sorted(graph[sid]), {})
 
+    if pipeline is None or len(stage_specs) != len(raw_stages) or problems:
+        return None
+    device = device_override or pipeline.device
     try:
-        order = list(graphlib.TopologicalSorter(graph).static_order())
+        graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as err:
         cycle = err.args[1]
         path = ("stages", cycle[0])
         problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stages depend on each other in a cycle: " + " -> ".join(cycle)))
         return None
-    # keep the file's order where dependencies allow it (static_order may reorder freely)
+    # run in the order of the file, as far as dependencies allow
     order = _stable_order(list(stage_specs), graph)
 
     for sid in order:
@@ -202,7 +201,8 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
         cls, entry = registry.load("stages", kind)
     except PluginError as err:
         hint = did_you_mean(kind, registry.names("stages"))
-        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), _strip_hint(str(err)), hint))
+        message = _strip_hint(str(err)).replace("unknown stage ", "unknown stage kind ")
+        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), message, hint))
         return None
     providers[f"stages/{kind}"] = entry.provider
     try:
@@ -271,11 +271,14 @@ def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:
     return found
 
 
-def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Stage], StageSpec]]) -> tuple[str, str | None] | None:
+def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Stage], StageSpec]],
+                      all_ids: set[str]) -> tuple[str, str | None] | None:
     if ref.stage == sid:
         return f"stage '{sid}' cannot read its own weights", None
-    if ref.stage not in stages:
-        return f"no stage '{ref.stage}' in this pipeline", did_you_mean(ref.stage, stages)
+    if ref.stage not in all_ids:
+        return f"no stage '{ref.stage}' in this pipeline", did_you_mean(ref.stage, all_ids)
+    if ref.stage not in stages:  # that stage has errors of its own, reported there
+        return None
     cls, spec = stages[ref.stage]
     if ref.step is None:
         if not cls.provides_weights:

@@ -66,9 +66,9 @@ def _wording(e: dict[str, Any]) -> str:
     msg: str = e["msg"]
     msg = msg.replace("Input should be", "expected").replace("Value error, ", "").replace("Assertion failed, ", "")
     if msg.startswith("String should match pattern"):
-        msg = "expected " + msg[len("String should match pattern ") :].strip() + " (a regular expression)"
+        msg = "expected a string matching " + msg[len("String should match pattern ") :].strip()
     msg = msg[:1].lower() + msg[1:]
-    if "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
+    if "input" in e and ", got" not in msg and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], (dict, list)):
         msg += f", got {e['input']!r}"
     return msg
 

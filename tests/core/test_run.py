@@ -1,0 +1,210 @@
+"""`nnopt run` end to end: overrides, matrix, divergence, concurrency, failures, fast cache hits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+
+def statuses(out: dict) -> dict[str, str]:
+    return {sid: s["status"] for sid, s in out["stages"].items()}
+
+
+def test_set_overrides_are_typed_as_yaml_and_used(cli, pipeline):
+    result, out = cli.run_json(pipeline(), "--set", "model.arch.widths=[8,8]", "--set", "stages.train.optimizer.lr=1e-2")
+    assert result.exit_code == 0, result.stderr
+    spec = json.loads((Path(out["stages"]["train"]["dir"]) / "spec.json").read_text())
+    assert spec["model"]["arch"]["widths"] == [8, 8]
+    assert spec["optimizer"]["lr"] == 0.01
+
+
+def test_set_gives_params_to_a_component_named_bare(cli, pipeline):
+    result, out = cli.run_json(pipeline(), "--set", "loss.label_smoothing=0.1")
+    assert result.exit_code == 0, result.stderr
+    spec = json.loads((Path(out["stages"]["train"]["dir"]) / "spec.json").read_text())
+    assert spec["loss"] == {"name": "cross_entropy", "label_smoothing": 0.1, "cache_version": 1}
+
+
+MATRIX = TINY + textwrap.dedent("""\
+    matrix:
+      stages.train.optimizer.lr: [0.05, 0.1]
+      seed: [0, 1]
+    """)
+
+
+def test_matrix_runs_one_pipeline_per_combination_each_cached(cli, pipeline):
+    path = pipeline(MATRIX)
+    result, out = cli.run_json(path)
+    assert result.exit_code == 0, result.stderr
+    assert out["pipeline"] == "tiny"
+    params = [r["params"] for r in out["runs"]]
+    assert params == [{"stages.train.optimizer.lr": lr, "seed": s} for lr in (0.05, 0.1) for s in (0, 1)]
+    assert len({r["stages"]["train"]["key"] for r in out["runs"]}) == 4
+    assert all(set(statuses(r).values()) == {"ran"} for r in out["runs"])
+    _, again = cli.run_json(path)
+    assert all(set(statuses(r).values()) == {"cached"} for r in again["runs"])
+
+
+def test_set_of_a_matrix_path_pins_that_axis(cli, pipeline):
+    _, out = cli.run_json(pipeline(MATRIX), "--set", "seed=7")
+    assert [r["params"] for r in out["runs"]] == [{"stages.train.optimizer.lr": 0.05}, {"stages.train.optimizer.lr": 0.1}]
+
+
+DIVERGES = TINY.replace("lr: 0.1, momentum: 0.9", "lr: 1.0e+6, momentum: 0.9")
+
+
+def test_a_diverging_run_is_reported_and_its_dependents_skipped(cli, pipeline):
+    path = pipeline(DIVERGES)
+    result, out = cli.run_json(path)
+    assert result.exit_code == 1
+    assert out["status"] == "diverged"
+    assert statuses(out) == {"train": "diverged", "probe": "skipped"}
+    metrics = out["stages"]["train"]["metrics"]
+    assert metrics["diverged_at_step"] >= 1
+    assert isinstance(metrics["last_finite_loss"], float)
+    # the store stays consistent: the divergence is stored, nothing half-written is left
+    assert not any((cli.store / "tmp").iterdir())
+    again, out2 = cli.run_json(path)
+    assert again.exit_code == 1 and statuses(out2) == {"train": "diverged", "probe": "skipped"}
+
+
+def test_a_failing_stage_leaves_nothing_in_the_store(cli, pipeline, tmp_path):
+    text = TINY.replace("data: {name: digits, batch_size: 128}", f"data: {{name: npz, path: {tmp_path / 'absent.npz'}}}")
+    result, out = cli.run_json(pipeline(text))
+    assert result.exit_code == 1
+    assert statuses(out) == {"train": "failed", "probe": "skipped"}
+    assert "absent.npz" in out["stages"]["train"]["message"]
+    assert not list((cli.store / "stages").glob("*/*")) if (cli.store / "stages").exists() else True
+    assert not any((cli.store / "tmp").iterdir())
+
+
+def test_an_interrupted_run_exits_130_and_discards_the_partial_stage(cli, pipeline, monkeypatch):
+    from nnopt.plugins.stages.train import Train
+
+    def interrupted(self, ctx):
+        (ctx.out_dir / "metrics.jsonl").write_text("{}\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Train, "run", interrupted)
+    result = cli("run", pipeline())
+    assert result.exit_code == 130
+    assert not any((cli.store / "tmp").iterdir())
+    assert not (cli.store / "stages").exists() or not list((cli.store / "stages").glob("*/*"))
+
+
+def test_a_killed_run_resumes_from_the_completed_stages(cli, pipeline, monkeypatch):
+    from nnopt.plugins.stages.analyze import Analyze
+
+    path = pipeline()
+    original = Analyze.run
+    monkeypatch.setattr(Analyze, "run", lambda self, ctx: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli("run", path).exit_code == 130
+    monkeypatch.setattr(Analyze, "run", original)
+    _, out = cli.run_json(path)
+    assert statuses(out) == {"train": "cached", "probe": "ran"}
+
+
+def test_no_wait_exits_75_while_another_run_holds_a_stage(cli, pipeline):
+    from filelock import FileLock
+
+    from nnopt.core.planner import load_plans
+
+    path = pipeline()
+    (plan,) = load_plans(path)
+    (cli.store / "locks").mkdir(parents=True)
+    with FileLock(str(cli.store / "locks" / f"{plan.stages[0].key}.lock")):
+        result = cli("run", path, "--no-wait")
+    assert result.exit_code == 75
+
+
+def test_concurrent_runs_compute_each_stage_once(pipeline, tmp_path):
+    path = pipeline()
+    store = tmp_path / "shared-store"
+    cmd = [sys.executable, "-m", "nnopt", "run", path, "--json", "--store", str(store)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    ran = [sid for out in outs for sid, s in out["stages"].items() if s["status"] == "ran"]
+    assert sorted(ran) == ["probe", "train"]  # each stage computed by exactly one of the two runs
+    assert outs[0]["stages"]["train"]["key"] == outs[1]["stages"]["train"]["key"]
+
+
+def test_a_fully_cached_run_imports_neither_torch_nor_plugins(pipeline, tmp_path):
+    path = pipeline()
+    store = tmp_path / "s"
+    first = subprocess.run([sys.executable, "-m", "nnopt", "run", path, "--store", str(store)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    probe = textwrap.dedent(f"""
+        import sys
+        from nnopt.cli import main
+        try:
+            main(["run", {path!r}, "--store", {str(store)!r}, "--json"])
+        except SystemExit as e:
+            code = e.code
+        loaded = [m for m in sys.modules if m == "torch" or m.startswith("nnopt.plugins.")]
+        print("RESULT", code, loaded, file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "RESULT 0 []" in done.stderr
+    out = json.loads(done.stdout)
+    assert set(statuses(out).values()) == {"cached"}
+
+
+def test_editing_a_watched_data_file_invalidates_the_fast_path(cli, pipeline, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+
+    def write(shift: float) -> None:
+        x = rng.normal(size=(64, 4)).astype("float32") + shift
+        y = (x[:, 0] > shift).astype("int64")
+        np.savez(data, x_train=x, y_train=y, x_test=x, y_test=y)
+
+    write(0.0)
+    text = TINY.replace("data: {name: digits, batch_size: 128}", f"data: {{name: npz, path: {data}, batch_size: 16}}")
+    path = pipeline(text)
+    _, first = cli.run_json(path)
+    assert first["status"] == "ok", first
+    write(1.0)
+    _, second = cli.run_json(path)
+    assert statuses(second) == {"train": "ran", "probe": "ran"}
+    assert second["stages"]["train"]["key"] != first["stages"]["train"]["key"]
+
+
+def test_show_ls_gc_and_report(cli, pipeline):
+    path = pipeline()
+    _, out = cli.run_json(path)
+    run_id = out["run"]
+    shown = cli("show", run_id, "--json")
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout)["stages"]["train"]["metrics"]["test_accuracy"] > 0.5
+    stage = cli("show", f"{run_id}/train")
+    assert "weights/final.safetensors" in stage.stdout
+    by_key = cli("show", out["stages"]["probe"]["key"][:10], "--json")
+    assert "grad_norms" in json.loads(by_key.stdout)["results"]
+    assert run_id in cli("ls").stdout
+    assert "probe" in cli("ls", "--stages").stdout
+    report = cli("report", path)
+    html = Path(report.stdout.strip()).read_text()
+    assert "data:image/png;base64" in html and "test_accuracy" in html
+    # a second pipeline version, then drop the first run: its stages go, the new ones stay
+    _, other = cli.run_json(path, "--set", "seed=1")
+    assert cli("gc").exit_code == 0
+    assert Path(out["stages"]["train"]["dir"]).exists()  # still referenced by a kept run
+    cli("gc", "--keep-last", "1")
+    assert Path(other["stages"]["train"]["dir"]).exists()
+    assert not Path(out["stages"]["train"]["dir"]).exists()
+
+
+def test_show_of_an_unknown_ref_is_an_error_with_a_suggestion(cli, pipeline):
+    cli.run_json(pipeline())
+    result = cli("show", "tinny")
+    assert result.exit_code == 2 and "did you mean 'tiny'" in result.stderr
