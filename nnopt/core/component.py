@@ -23,9 +23,13 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, model_serializer, model
 
 
 class Params(BaseModel):
-    """Base of every component's parameter model: unknown keys are errors, values immutable."""
+    """Base of every component's parameter model: unknown keys are errors, values immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Defaults are validated like written values, so a default component (``activation:
+    ref_type("activations") = "relu"``) becomes a reference the engine resolves.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class NoParams(Params):

@@ -3,25 +3,51 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .component import ComponentRef
+from .component import ComponentRef, WeightRef
+from .model_spec import ModelSpec
 from .registry import Registry, singular
 from .spec import PipelineSpec
 
 
 def _type_name(annotation: Any) -> str:
+    """A reader's name for a field type: ``list[int >= 1]``, ``optimizer component | None``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        bounds = [_range_of(m) for m in args[1:]]
+        return " ".join([_type_name(args[0]), *filter(None, bounds)])
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type) and issubclass(annotation, ComponentRef):
         return f"{singular(annotation.kind)} component"
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    text = text or str(annotation).replace("typing.", "").replace("nnopt.core.component.", "")
-    for ref_kind in ("Ref",):
-        text = text.replace(ref_kind, " component")
-    return text
+    if annotation is WeightRef:
+        return "weights (STAGE[@N])"
+    if annotation is ModelSpec:
+        return "model {arch, init, norm}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _range_of(meta: Any) -> str:
+    if isinstance(meta, FieldInfo):
+        return ", ".join(filter(None, (_range_of(m) for m in meta.metadata)))
+    for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        value = getattr(meta, attr, None)
+        if value is not None:
+            return f"{sym} {value}"
+    return ""
 
 
 def _range(info: FieldInfo) -> str:
@@ -90,5 +116,29 @@ def pipeline_schema(registry: Registry) -> dict[str, Any]:
         variants.append(stage_schema)
     if variants:
         schema["properties"]["stages"]["additionalProperties"] = {"oneOf": variants}
+    _flatten_refs(schema, registry)
     schema["title"] = "nnopt pipeline"
     return schema
+
+
+def _flatten_refs(schema: dict[str, Any], registry: Registry) -> None:
+    """A component is written ``name`` or ``{name: ..., <params>}`` in YAML, not as the
+    ``{name, params}`` model that parses it: describe the YAML form, with the registered names."""
+    from .component import _REF_TYPES, TrackRef
+
+    by_title = {cls.__name__: cls for cls in [*_REF_TYPES.values(), TrackRef]}
+    for title, definition in schema.get("$defs", {}).items():
+        if title == "WeightRef":
+            definition.clear()
+            definition.update({"title": title, "type": "string", "pattern": r"^[A-Za-z0-9_-]+(@(init|[0-9]+))?$",
+                               "description": "STAGE, STAGE@N or STAGE@init"})
+            continue
+        cls = by_title.get(title)
+        if cls is None:
+            continue
+        names = {"type": "string", "enum": registry.names(cls.kind)}
+        mapping = {"type": "object", "properties": {"name": names}, "required": ["name"], "additionalProperties": True}
+        if cls is TrackRef:
+            mapping["properties"]["every"] = {"type": "integer", "minimum": 1}
+        definition.clear()
+        definition.update({"title": title, "anyOf": [names, mapping]})

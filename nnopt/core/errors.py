@@ -83,6 +83,10 @@ class StageError(Exception):
 class PluginError(Exception):
     """A component cannot be loaded: unknown, provided twice, or failing to import."""
 
+    def __init__(self, message: str, suggestion: str | None = None):
+        self.message, self.suggestion = message, suggestion
+        super().__init__(message + (f" (did you mean '{suggestion}'?)" if suggestion else ""))
+
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """The closest candidate to ``word`` if one is close enough to be a likely typo."""

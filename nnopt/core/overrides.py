@@ -22,6 +22,7 @@ class Override:
     value: Any
     location: Location
     text: str
+    key_location: Location | None = None  # where the path is written, if not at the value
 
 
 def parse_set(text: str) -> Override:
@@ -77,7 +78,7 @@ def apply(source: Source, override: Override) -> list[Diagnostic]:
         node[last] = copy.deepcopy(override.value)
     else:
         return [Diagnostic(override.location, dotted(path), f"cannot set this path (its parent is a {type(node).__name__})")]
-    source.mark(path, override.location)
+    source.mark(path, override.location, override.key_location)
     return []
 
 
@@ -115,8 +116,8 @@ def expand_matrix(source: Source) -> tuple[list[Combination], list[Diagnostic]]:
         del combo.data["matrix"]
         params = {}
         for (key, values), i in zip(axes, choice):
-            where = source.locate(("matrix", key, i))
-            for diag in apply(combo, Override(split_path(key), values[i], where, f"{key}={values[i]!r}")):
+            where, key_where = source.locate(("matrix", key, i)), source.locate(("matrix", key), at_key=True)
+            for diag in apply(combo, Override(split_path(key), values[i], where, f"{key}={values[i]!r}", key_where)):
                 problems.append(diag)
             params[key] = values[i]
         combos.append(Combination(combo, params))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .component import ComponentRef, WeightRef
 from .errors import Diagnostic, Location, PluginError, Problems, SpecError, did_you_mean
@@ -80,7 +80,6 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
         for diag in apply(source, override):
             problems.add(diag)
         _unpin_matrix_axis(source, override)
-    problems.raise_if_any()
     combos, matrix_problems = expand_matrix(source)
     for diag in matrix_problems:
         problems.add(diag)
@@ -110,6 +109,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
     except ValidationError as err:
         for diag in diagnostics_from(err, source, model=PipelineSpec):
             problems.add(diag)
+        _check_fields_alone(PipelineSpec, data, err, (), source, registry, problems)
         pipeline = None
     raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
     providers: dict[str, str] = {}
@@ -195,14 +195,18 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
     kind = raw.get("kind")
     if not isinstance(kind, str):
         names = ", ".join(registry.names("stages"))
-        problems.add(Diagnostic(source.locate(path), dotted(path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
+        typo = next((k for k in raw if did_you_mean(str(k), ["kind"])), None)
+        if typo is not None:
+            where, message = source.locate(path + (typo,), at_key=True), f"unknown key '{typo}'; a stage needs 'kind: <stage kind>' ({names})"
+            problems.add(Diagnostic(where, dotted(path + (typo,)), message, "kind"))
+        else:
+            problems.add(Diagnostic(source.locate(path), dotted(path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
         return None
     try:
         cls, entry = registry.load("stages", kind)
     except PluginError as err:
-        hint = did_you_mean(kind, registry.names("stages"))
-        message = _strip_hint(str(err)).replace("unknown stage ", "unknown stage kind ")
-        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), message, hint))
+        message = err.message.replace("unknown stage ", "unknown stage kind ")
+        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), message, err.suggestion))
         return None
     providers[f"stages/{kind}"] = entry.provider
     try:
@@ -210,9 +214,26 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
     except ValidationError as err:
         for diag in diagnostics_from(err, source, path, model=cls.Params):
             problems.add(diag)
+        _check_fields_alone(cls.Params, raw, err, path, source, registry, problems)
         return None
     resolve_components(spec, path, source, registry, problems, providers)
     return cls, spec
+
+
+def _check_fields_alone(model: type[BaseModel], raw: dict[str, Any], err: ValidationError, path: Path, source: Source,
+                        registry: Registry, problems: Problems) -> None:
+    """A model with an invalid field is not built, so the components named by its *valid*
+    fields would go unchecked; check each such field on its own, to report every error now."""
+    failed = {e["loc"][0] for e in err.errors() if e["loc"]}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in raw or key in failed:
+            continue
+        try:
+            value = TypeAdapter(info.annotation).validate_python(raw[key])
+        except ValidationError:
+            continue
+        resolve_components(value, path + (key,), source, registry, problems, {})
 
 
 def resolve_components(obj: Any, path: Path, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]) -> None:
@@ -226,8 +247,7 @@ def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Regist
     try:
         cls, entry = registry.load(ref.kind, ref.name)
     except PluginError as err:
-        hint = did_you_mean(ref.name, registry.names(ref.kind))
-        problems.add(Diagnostic(source.locate(name_path), dotted(path), _strip_hint(str(err)), hint))
+        problems.add(Diagnostic(source.locate(name_path), dotted(path), err.message, err.suggestion))
         return
     if not issubclass(cls.Params, BaseModel):
         problems.add(Diagnostic(source.locate(path), dotted(path), f"{singular(ref.kind)} '{ref.name}' has no pydantic Params"))
@@ -241,10 +261,6 @@ def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Regist
     ref.resolve(cls, params, entry.provider)
     providers[f"{ref.kind}/{ref.name}"] = entry.provider
     resolve_components(params, path, source, registry, problems, providers)
-
-
-def _strip_hint(message: str) -> str:
-    return message.split(" (did you mean")[0]
 
 
 def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:

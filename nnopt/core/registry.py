@@ -35,12 +35,10 @@ GROUP_PREFIX = "nnopt."
 def normalize_kind(text: str) -> str:
     """``optimizers``, ``optimizer`` and ``nnopt.optimizers`` all name the same kind."""
     kind = text.strip().lower().removeprefix(GROUP_PREFIX)
-    if kind in KINDS:
-        return kind
-    if kind + "s" in KINDS:
-        return kind + "s"
-    hint = did_you_mean(kind, KINDS)
-    raise PluginError(f"unknown component kind '{text}'" + (f" (did you mean '{hint}'?)" if hint else "") + f"; kinds: {', '.join(KINDS)}")
+    for candidate in (kind, kind + "s", kind + "es"):  # optimizers, optimizer, loss
+        if candidate in KINDS:
+            return candidate
+    raise PluginError(f"unknown component kind '{text}'; kinds: {', '.join(KINDS)}", did_you_mean(kind, KINDS))
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,7 @@ class Registry:
         """The one entry named ``name``; unknown and doubly-provided names are errors."""
         found = self._scan()[kind].get(name, [])
         if not found:
-            hint = did_you_mean(name, self.names(kind))
-            raise PluginError(f"unknown {singular(kind)} '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+            raise PluginError(f"unknown {singular(kind)} '{name}'", did_you_mean(name, self.names(kind)))
         if len(found) > 1:
             providers = " and ".join(f"'{e.provider}' ({e.value})" for e in found)
             raise PluginError(f"{singular(kind)} '{name}' is provided by two distributions: {providers}; uninstall one")

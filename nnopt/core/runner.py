@@ -4,7 +4,9 @@ For each stage in order: if a dependency did not finish, it is ``skipped``; if i
 complete in the store (and no ``--force``/``--redo`` asks otherwise) it is ``cached``; else
 the runner takes the stage's file lock (a concurrent run computing the same key makes this
 one wait, then reuse the result; with ``wait=False`` it raises ``StageBusy``), seeds every
-generator, runs the stage in a private work directory and commits it atomically. A stage that
+generator, runs the stage in its work directory ``tmp/<key>`` and commits it atomically.
+A run killed mid-stage leaves that directory with the stage's last checkpoint, if the stage
+saved one; the next run of the same key continues from it. A stage that
 diverges is committed with status ``diverged`` (the divergence is its deterministic result);
 a stage that fails leaves nothing behind.
 """
@@ -26,7 +28,7 @@ from typing import Any, Callable
 from .errors import StageError
 from .planner import Plan, PlannedStage
 from .stage import ResolvedWeights, StageContext, json_safe, weights_file
-from .store import Store, read_json, write_json
+from .store import CHECKPOINT_META, Store, read_json, write_json
 
 OK = ("ran", "cached")
 
@@ -144,10 +146,11 @@ def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport
     with store.lock(st.key, wait):
         if not forced and store.is_complete(st.key):  # another run computed it while we waited
             return stored_report(store, st.id, st.key)
-        return _compute(plan, st, store, progress, argv, debug)
+        return _compute(plan, st, store, progress, argv, debug, resume=not forced)
 
 
-def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: list[str], debug: bool) -> StageReport:
+def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: list[str], debug: bool,
+             resume: bool) -> StageReport:
     import torch
 
     from .planner import resolve_device
@@ -155,7 +158,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
 
     device = torch.device(resolve_device(plan.device))
     determinism = _seed_everything(st.seed, device)
-    workdir = store.new_workdir(st.key)
+    workdir = store.workdir(st.key, resume)
     weights = {
         text: ResolvedWeights(store.stage_dir(plan.stage(ref.stage).key) / weights_file(ref.step), plan.stage(ref.stage).model)
         for text, ref in st.weights.items()
@@ -171,8 +174,9 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     except StageError as err:
         store.discard(workdir)
         return StageReport(st.id, "failed", st.key, "", time.perf_counter() - t0, message=str(err))
-    except KeyboardInterrupt:
-        store.discard(workdir)
+    except KeyboardInterrupt:  # keep a checkpointed workdir: the next run resumes from it
+        if not (workdir / CHECKPOINT_META).is_file():
+            store.discard(workdir)
         raise
     except Exception as err:  # a bug in a component: keep the run going, report it in one line
         store.discard(workdir)

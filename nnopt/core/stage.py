@@ -34,7 +34,7 @@ class StageSpec(Params):
     for this stage alone; left out, a stage with ``from`` inherits them from that stage, and
     any other stage from the pipeline."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
 
     kind: str
     from_: WeightRef | None = Field(None, alias="from", description="stage (or STAGE@N) whose output this stage starts from")
@@ -181,6 +181,44 @@ class StageContext:
         if self._metrics_file is None:
             self._metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._metrics_file.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+
+    # ---------------------------------------------------------------- resumption
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Save the stage's resumable state (tensors, numbers, strings, lists, dicts).
+
+        If the run is killed, the next run of the same key calls ``load_checkpoint`` and
+        continues from here. Everything the stage wrote to ``out_dir`` stays; lines logged to
+        ``metrics.jsonl`` after the checkpoint are dropped on resumption, so a resumed stage
+        logs exactly what an uninterrupted one would.
+        """
+        import torch
+
+        from .store import CHECKPOINT_META, CHECKPOINT_STATE, write_json
+
+        if self._metrics_file is not None:
+            self._metrics_file.flush()
+        metrics = self.out_dir / "metrics.jsonl"
+        tmp = self.out_dir / f".{CHECKPOINT_STATE}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / CHECKPOINT_STATE)
+        write_json(self.out_dir / CHECKPOINT_META, {"metrics_bytes": metrics.stat().st_size if metrics.exists() else 0})
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state of the last ``save_checkpoint`` of an interrupted run of this key, or None."""
+        import torch
+
+        from .store import CHECKPOINT_META, CHECKPOINT_STATE, read_json
+
+        meta_path = self.out_dir / CHECKPOINT_META
+        if not meta_path.is_file():
+            return None
+        meta = read_json(meta_path)
+        metrics = self.out_dir / "metrics.jsonl"
+        if metrics.exists():
+            with open(metrics, "r+b") as f:
+                f.truncate(meta["metrics_bytes"])
+        # weights_only: a checkpoint is data, never code (no arbitrary unpickling)
+        return torch.load(self.out_dir / CHECKPOINT_STATE, map_location=self.device, weights_only=True)
 
     def progress(self, total: int, description: str) -> "StageProgress":
         """A progress bar on stderr (a silent one when progress is off)."""

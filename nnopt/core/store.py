@@ -4,7 +4,8 @@ Layout under the store root (``--store``, ``$NNOPT_HOME`` or ``./.nnopt``)::
 
     stages/ab/abcdef.../   one complete stage: manifest.json, spec.json, result.json,
                            metrics.jsonl, weights/*.safetensors, plots/*.png
-    tmp/                   stages being computed (renamed into stages/ when complete)
+    tmp/<key>/             a stage being computed (renamed into stages/ when complete); a
+                           killed run leaves it with its last checkpoint, to resume from
     locks/<key>.lock       one file lock per stage key being computed
     runs/<run id>.json     what one `nnopt run` did: pipeline, stage keys, statuses
     index/<digest>.json    the plan index: pipeline text + context -> stage keys (fast hits)
@@ -29,6 +30,8 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 DEFAULT_STORE = ".nnopt"
+CHECKPOINT_STATE = "checkpoint.pt"  # a stage's resumable state, while it runs
+CHECKPOINT_META = "checkpoint.json"  # written after the state: its presence marks a usable checkpoint
 
 
 def default_root() -> Path:
@@ -95,13 +98,20 @@ class Store:
         base = self.root / "stages"
         return sorted(p.name for p in base.glob("*/*") if p.is_dir()) if base.is_dir() else []
 
-    def new_workdir(self, key: str) -> Path:
-        """A private directory to assemble a stage in."""
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix=f"{key[:16]}."))
+    def workdir(self, key: str, resume: bool) -> Path:
+        """The directory a stage is assembled in: ``tmp/<key>``, private to the holder of the
+        key's lock. With ``resume`` a directory left by a killed run is kept when it holds a
+        checkpoint (the stage continues from it); anything else left there is discarded."""
+        path = self.root / "tmp" / key
+        if path.exists() and not (resume and (path / CHECKPOINT_META).is_file()):
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def commit(self, workdir: Path, key: str, manifest: dict[str, Any]) -> Path:
         """Checksum the artifacts, write the manifest last, and move the stage into place."""
+        for name in (CHECKPOINT_META, CHECKPOINT_STATE):  # resumption state is not a result
+            (workdir / name).unlink(missing_ok=True)
         manifest = dict(manifest)
         manifest["artifacts"] = {
             str(p.relative_to(workdir)): sha256_file(p) for p in sorted(workdir.rglob("*")) if p.is_file()
@@ -162,6 +172,8 @@ class Store:
                 continue
             key_prefix = p.name.split(".")[0]
             busy = any(self._lock_held(lock) for lock in (self.root / "locks").glob(f"{key_prefix}*.lock"))
+            if p.name.startswith("old."):
+                busy = False
             if not busy:
                 yield p
 

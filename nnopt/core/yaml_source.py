@@ -51,12 +51,13 @@ class Source:
                 return self.values[prefix]
         return Location(self.name)
 
-    def mark(self, path: Path, location: Location) -> None:
-        """Record that the value at ``path`` (and everything below) came from ``location``."""
+    def mark(self, path: Path, location: Location, key_location: Location | None = None) -> None:
+        """Record that the value at ``path`` (and everything below) came from ``location``,
+        and its key from ``key_location`` (a matrix's path) or else from ``location``."""
         for table in (self.keys, self.values):
             for p in [p for p in table if p[: len(path)] == tuple(path)]:
                 del table[p]
-        self.keys[tuple(path)] = location
+        self.keys[tuple(path)] = key_location or location
         self.values[tuple(path)] = location
 
 

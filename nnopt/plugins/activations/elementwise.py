@@ -1,0 +1,101 @@
+"""Elementwise activations φ: R → R applied entrywise (survey §2, eq. (1)-(2)).
+
+Each class maps onto one ``torch.nn`` module; ``build`` returns a fresh module every call, so
+an architecture can place one after every hidden layer.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from nnopt.core.component import Params
+from nnopt.core.kinds import Activation
+
+
+class _Elementwise(Activation):
+    """An activation that is exactly ``module(**params)``."""
+
+    cache_version: ClassVar[int] = 1
+    module: ClassVar[type[nn.Module]]
+
+    def build(self) -> nn.Module:
+        return self.module(**self.params.model_dump())
+
+
+class ReLU(_Elementwise):
+    """φ(x) = max(x, 0), the rectifier (Glorot et al. 2011; survey §4.2, ref. [76])."""
+
+    module = nn.ReLU
+
+
+class Tanh(_Elementwise):
+    """φ(x) = tanh(x) = 2 / (1 + e^{−2x}) − 1 (survey §4.2)."""
+
+    module = nn.Tanh
+
+
+class Sigmoid(_Elementwise):
+    """φ(x) = 1 / (1 + e^{−x}), the logistic function (LeCun et al.'s setting, survey §4.2)."""
+
+    module = nn.Sigmoid
+
+
+class GELUParams(Params):
+    approximate: Literal["none", "tanh"] = Field(
+        "none", description="'none': exact x·Φ(x); 'tanh': Hendrycks & Gimpel's tanh approximation"
+    )
+
+
+class GELU(_Elementwise):
+    """φ(x) = x·Φ(x), Φ the standard normal CDF (Hendrycks & Gimpel 2016)."""
+
+    Params = GELUParams
+    module = nn.GELU
+
+
+class Linear(_Elementwise):
+    """φ(x) = x, the identity: a deep *linear* network (survey §2.2, §6.3.1)."""
+
+    module = nn.Identity
+
+
+class LeakyReLUParams(Params):
+    negative_slope: float = Field(0.01, ge=0.0, le=1.0, description="slope a of φ for x < 0")
+
+
+class LeakyReLU(_Elementwise):
+    """φ(x) = max(x, 0) + a·min(x, 0), the leaky rectifier (Maas et al. 2013)."""
+
+    Params = LeakyReLUParams
+    module = nn.LeakyReLU
+
+
+class ELUParams(Params):
+    alpha: float = Field(1.0, ge=0.0, description="saturation value −α of φ as x → −∞")
+
+
+class ELU(_Elementwise):
+    """φ(x) = x for x > 0, α(e^x − 1) otherwise (Clevert et al. 2016)."""
+
+    Params = ELUParams
+    module = nn.ELU
+
+
+class SoftplusParams(Params):
+    beta: float = Field(1.0, gt=0.0, description="sharpness β; φ → ReLU as β → ∞")
+
+
+class Softplus(_Elementwise):
+    """φ(x) = (1/β)·log(1 + e^{βx}), a smooth ReLU."""
+
+    Params = SoftplusParams
+    module = nn.Softplus
+
+
+class SELU(_Elementwise):
+    """φ(x) = λ·ELU_α(x), λ ≈ 1.0507, α ≈ 1.6733: self-normalizing (Klambauer et al. 2017)."""
+
+    module = nn.SELU

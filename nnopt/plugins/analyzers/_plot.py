@@ -1,0 +1,50 @@
+"""Small matplotlib helpers shared by analyzers and stages (imported lazily, inside functions).
+
+Figures are drawn with the object-oriented API (``matplotlib.figure.Figure`` with the Agg
+canvas), never through ``pyplot``: no global backend is switched, no figure registry grows,
+and plotting works without a display and from any thread.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def new_figure(width: float = 6.4, height: float = 4.0) -> tuple[Any, Any]:
+    """A fresh ``(figure, axes)`` pair rendered by Agg, laid out by matplotlib's constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def finite_pairs(xs: Iterable[Any], ys: Iterable[Any]) -> tuple[list[float], list[float]]:
+    """The (x, y) points whose y is a finite number (NaN, inf and None dropped)."""
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for x, y in zip(xs, ys):
+        if isinstance(y, (int, float)) and math.isfinite(y):
+            out_x.append(x)
+            out_y.append(float(y))
+    return out_x, out_y
+
+
+def set_log_y(ax: Any, values: Iterable[float]) -> None:
+    """A log y-axis when every value is positive, else a symmetric-log one (0 and below drawn)."""
+    values = list(values)
+    if values and min(values) <= 0:
+        ax.set_yscale("symlog", linthresh=max(min((abs(v) for v in values if v != 0), default=1e-8), 1e-12))
+    else:
+        ax.set_yscale("log")

@@ -1,0 +1,136 @@
+"""A user's own arrays, read from a NumPy ``.npz`` archive."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from nnopt.core.component import Params
+from nnopt.core.errors import StageError
+from nnopt.core.kinds import Dataset, DatasetParams, DataSplit
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class NpzParams(DatasetParams):
+    path: str = Field(..., min_length=1, description="path of an .npz file holding x_train, y_train, x_test, y_test")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: y are class indices 0..C-1; regression: y are real values"
+    )
+
+
+class Npz(Dataset):
+    """Arrays ``x_train, y_train, x_test, y_test`` from ``numpy.savez(path, ...)``, as given.
+
+    No preprocessing is applied (normalize before saving). x has shape (n, *input_shape) and
+    becomes float32; a 1-D x is read as (n, 1). For ``classification`` y holds integer class
+    indices of shape (n,), num_classes = output_dim = max label + 1; for ``regression`` y
+    becomes float32 of shape (n, k) (a 1-D y is read as (n, 1)), output_dim = k.
+
+    The file is read with ``allow_pickle=False`` (an archive cannot run code) when the stage
+    runs, not when the pipeline is validated: a file written by an earlier stage may not
+    exist yet. Its SHA-256 is part of the cache key, so editing the file recomputes every
+    stage that used it. A relative path is taken from the working directory.
+    """
+
+    cache_version: ClassVar[int] = 1
+    Params = NpzParams
+
+    @classmethod
+    def key_extras(cls, params: Params) -> dict[str, Any]:
+        path = Path(params.path).expanduser()  # type: ignore[attr-defined]
+        if not path.is_file():
+            return {"missing": True}
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"sha256": digest.hexdigest()}
+
+    @classmethod
+    def watched_files(cls, params: Params) -> list[str]:
+        return [params.path]  # type: ignore[attr-defined]
+
+    def load(self, seed: int) -> DataSplit:
+        p = self.params
+        arrays = read_arrays(Path(p.path).expanduser())
+        x_train, x_test = (_inputs(arrays[k], k) for k in ("x_train", "x_test"))
+        y_train, y_test = (_targets(arrays[k], k, p.task) for k in ("y_train", "y_test"))
+        for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            if len(x) != len(y):
+                raise StageError(f"npz {p.path}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise StageError(
+                f"npz {p.path}: x_train samples have shape {x_train.shape[1:]} but x_test samples {x_test.shape[1:]}"
+            )
+        if p.task == "classification":
+            output_dim = int(max(y_train.max(), y_test.max())) + 1
+            num_classes: int | None = output_dim
+        else:
+            if y_train.shape[1:] != y_test.shape[1:]:
+                raise StageError(f"npz {p.path}: y_train has {y_train.shape[1]} outputs but y_test {y_test.shape[1]}")
+            output_dim, num_classes = int(y_train.shape[1]), None
+        return DataSplit(
+            x_train=torch.from_numpy(x_train),
+            y_train=torch.from_numpy(y_train),
+            x_test=torch.from_numpy(x_test),
+            y_test=torch.from_numpy(y_test),
+            task=p.task,
+            input_shape=tuple(int(s) for s in x_train.shape[1:]),
+            output_dim=output_dim,
+            num_classes=num_classes,
+            meta={"path": str(p.path)},
+        )
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The four arrays of the archive at ``path``; a ``StageError`` says what is wrong."""
+    if not path.is_file():
+        raise StageError(f"npz: no such file: {path}")
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise StageError(f"npz {path}: a single .npy array, not an .npz archive (save with numpy.savez)")
+    if not magic.startswith(b"PK"):
+        raise StageError(f"npz {path}: not an .npz archive (save with numpy.savez)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise StageError(f"npz {path}: not a readable .npz archive ({e})") from None
+    with loaded:
+        missing = [k for k in KEYS if k not in loaded.files]
+        if missing:
+            raise StageError(f"npz {path}: missing arrays {', '.join(missing)} (has: {', '.join(loaded.files) or 'none'})")
+        try:
+            return {k: loaded[k] for k in KEYS}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise StageError(f"npz {path}: cannot read its arrays without pickle ({e})") from None
+
+
+def _inputs(x: np.ndarray, key: str) -> np.ndarray:
+    if x.dtype.kind not in "biuf" or x.ndim == 0 or len(x) == 0:
+        raise StageError(f"npz: {key} must be a non-empty numeric array of shape (n, ...), got dtype {x.dtype}, shape {x.shape}")
+    x = x.astype(np.float32)
+    return x.reshape(-1, 1) if x.ndim == 1 else x
+
+
+def _targets(y: np.ndarray, key: str, task: str) -> np.ndarray:
+    if y.dtype.kind not in "biuf" or y.ndim == 0:
+        raise StageError(f"npz: {key} must be a numeric array, got dtype {y.dtype}, shape {y.shape}")
+    if task == "regression":
+        if y.ndim > 2:
+            raise StageError(f"npz: {key} of a regression task must have shape (n,) or (n, k), got shape {y.shape}")
+        y = y.astype(np.float32)
+        return y.reshape(-1, 1) if y.ndim == 1 else y
+    if y.ndim != 1:
+        raise StageError(f"npz: {key} of a classification task must be class indices of shape (n,), got shape {y.shape}")
+    labels = y.astype(np.int64)
+    if not np.array_equal(labels, y) or (labels < 0).any():
+        raise StageError(f"npz: {key} of a classification task must hold integer class indices >= 0")
+    return labels

@@ -1,0 +1,81 @@
+"""The MLP is the survey's eq. (1)/(2) with biases, built through the normalizer's hooks."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from nnopt.core.component import ActivationRef
+from nnopt.core.kinds import Normalizer
+from nnopt.plugins.activations.elementwise import ReLU, Tanh
+from nnopt.plugins.architectures.mlp import MLP
+
+
+def mlp(widths=(8, 4), activation=ReLU, **params):
+    ref = ActivationRef.model_validate(activation.__name__.lower())
+    ref.resolve(activation, activation.Params())  # what the engine does in a real run
+    return MLP(MLP.Params(widths=list(widths), activation=ref, **params))
+
+
+def test_layer_names_and_shapes_are_stable():
+    model = mlp().build((1, 3, 3), 5, Normalizer())
+    assert isinstance(model, nn.Sequential)
+    assert list(dict(model.named_children())) == ["flatten", "linear1", "act1", "linear2", "act2", "output"]
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        "linear1.weight": (8, 9), "linear1.bias": (8,),
+        "linear2.weight": (4, 8), "linear2.bias": (4,),
+        "output.weight": (5, 4), "output.bias": (5,),
+    }  # fmt: skip
+    assert model(torch.randn(7, 1, 3, 3)).shape == (7, 5)
+
+
+def test_forward_is_the_recursion_z_l_equals_phi_of_W_z_plus_b():
+    model = mlp(activation=Tanh).build((6,), 2, Normalizer())
+    x = torch.randn(5, 6)
+    z = x
+    for name in ("linear1", "linear2"):
+        layer = getattr(model, name)
+        z = torch.tanh(z @ layer.weight.T + layer.bias)
+    torch.testing.assert_close(model(x), z @ model.output.weight.T + model.output.bias)
+
+
+def test_empty_widths_is_a_linear_model_and_bias_can_be_dropped():
+    model = mlp(widths=(), bias=False).build((4,), 3, Normalizer())
+    assert list(dict(model.named_children())) == ["flatten", "output"]
+    assert model.output.bias is None
+
+
+def test_each_hidden_layer_gets_its_own_activation_module():
+    model = mlp().build((4,), 3, Normalizer())
+    assert model.act1 is not model.act2 and isinstance(model.act1, nn.ReLU)
+
+
+class Recording(Normalizer):
+    def __init__(self):
+        super().__init__()
+        self.parametrized, self.features = [], []
+
+    def feature_layer(self, num_features, spatial_dims=0):
+        self.features.append((num_features, spatial_dims))
+        return nn.LayerNorm(num_features)
+
+    def parametrize(self, layer):
+        self.parametrized.append(layer.out_features)
+        return layer
+
+
+def test_normalizer_parametrizes_every_linear_and_norms_hidden_layers_only():
+    norm = Recording()
+    model = mlp().build((4,), 3, norm)
+    assert norm.parametrized == [8, 4, 3]
+    assert norm.features == [(8, 0), (4, 0)]
+    assert list(dict(model.named_children())) == [
+        "flatten", "linear1", "norm1", "act1", "linear2", "norm2", "act2", "output"
+    ]  # fmt: skip
+
+
+def test_default_activation_is_a_relu_ref_and_widths_are_validated():
+    params = MLP.Params()
+    assert params.widths == [256, 128] and params.activation.name == "relu"
+    with pytest.raises(ValidationError):
+        MLP.Params(widths=[0])

@@ -1,0 +1,110 @@
+"""Synthetic data sets: each generator's documented equation, checked on its samples."""
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from nnopt.plugins.datasets.synthetic import Synthetic
+
+
+def load(seed=0, **params):
+    return Synthetic(Synthetic.Params(**params)).load(seed)
+
+
+def test_identity_follows_data_seed_not_stage_seed():
+    a, b, c = load(seed=0), load(seed=5), load(data_seed=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_teacher_student_shapes_and_teacher_equation():
+    d = load(task="teacher_student", n_train=200, n_test=50, dim=5, outputs=3, teacher_widths=[7, 4])
+    assert (d.task, d.output_dim, d.num_classes, d.input_shape) == ("regression", 3, None, (5,))
+    assert d.x_train.shape == (200, 5) and d.y_train.shape == (200, 3) and d.y_test.shape == (50, 3)
+    assert d.x_train.dtype == d.y_train.dtype == torch.float32
+    # redraw the teacher as documented: weights first, W_l ~ N(0, 1/fan_in), then x
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(i, o, generator=g, dtype=torch.float64) / math.sqrt(i) for i, o in [(5, 7), (7, 4), (4, 3)]]
+    x = torch.randn(250, 5, generator=g, dtype=torch.float64)
+    y = torch.tanh(torch.tanh(x @ ws[0]) @ ws[1]) @ ws[2]
+    torch.testing.assert_close(d.x_train, x[:200].float())
+    torch.testing.assert_close(d.y_test, y[200:].float())
+
+
+def test_noise_is_added_with_the_given_std():
+    clean = load(n_train=4000, noise=0.0)
+    noisy = load(n_train=4000, noise=0.5)
+    assert torch.equal(clean.x_train, noisy.x_train)
+    assert (noisy.y_train - clean.y_train).std().item() == pytest.approx(0.5, rel=0.05)
+
+
+def test_gaussian_mixture_means_are_equidistant_and_classes_separable():
+    d = load(task="gaussian_mixture", classes=4, dim=8, separation=6.0, n_train=2000, n_test=2000)
+    assert (d.task, d.num_classes, d.output_dim) == ("classification", 4, 4)
+    assert d.y_train.dtype == torch.int64 and torch.bincount(d.y_train).tolist() == [500] * 4
+    means = torch.stack([d.x_train[d.y_train == c].mean(0) for c in range(4)])
+    distances = torch.cdist(means, means)[~torch.eye(4, dtype=torch.bool)]
+    assert distances.min() > 5.5 and distances.max() < 6.5  # ‖μ_c − μ_c'‖ = separation
+    # nearest-mean classification on test data: pairwise error Φ(−3) ≈ 0.13% per rival
+    predicted = torch.cdist(d.x_test, means).argmin(1)
+    assert (predicted == d.y_test).float().mean() > 0.98
+    # within-class covariance is I
+    centred = d.x_train - means[d.y_train]
+    assert centred.var(0).sub(1).abs().max() < 0.15
+
+
+def test_two_class_mixture_error_is_near_bayes():
+    d = load(task="gaussian_mixture", separation=3.0, n_train=4000, n_test=4000)
+    means = torch.stack([d.x_train[d.y_train == c].mean(0) for c in range(2)])
+    error = (torch.cdist(d.x_test, means).argmin(1) != d.y_test).float().mean().item()
+    bayes = 0.5 * math.erfc(1.5 / math.sqrt(2))  # Φ(−s/2) = 0.067
+    assert error == pytest.approx(bayes, abs=0.02)
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_least_squares_condition_number_and_realizability(rotate):
+    kappa = 100.0
+    d = load(task="least_squares", n_train=20000, n_test=10, dim=8, condition_number=kappa, rotate=rotate)
+    x, y = d.x_train.double(), d.y_train.double()
+    eigenvalues = torch.linalg.eigvalsh(x.T @ x / len(x))
+    assert eigenvalues.max() / eigenvalues.min() == pytest.approx(kappa, rel=0.1)
+    assert eigenvalues.max() == pytest.approx(1.0, rel=0.05)
+    solution = torch.linalg.lstsq(x, y).solution
+    assert (x @ solution - y).abs().max() < 1e-4  # realizable: zero residual up to float32 storage
+    offdiagonal = (x.T @ x / len(x)) - torch.diag(torch.diagonal(x.T @ x / len(x)))
+    assert (offdiagonal.abs().max() > 0.05) == rotate  # a rotated Σ is not diagonal
+
+
+def test_least_squares_noise_leaves_residual_of_noise_variance():
+    d = load(task="least_squares", n_train=5000, dim=4, noise=0.3, outputs=2)
+    assert d.y_train.shape == (5000, 2) and d.output_dim == 2
+    x, y = d.x_train.double(), d.y_train.double()
+    residual = x @ torch.linalg.lstsq(x, y).solution - y
+    assert residual.std().item() == pytest.approx(0.3, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"task": "gaussian_mixture", "classes": 5, "dim": 4}, "classes must be <= dim"),
+        ({"task": "gaussian_mixture", "noise": 0.1}, "'noise' is not used by task 'gaussian_mixture'"),
+        ({"task": "least_squares", "classes": 3}, "'classes' is not used"),
+        ({"task": "teacher_student", "condition_number": 5}, "only by least_squares"),
+        ({"task": "least_squares", "dim": 1}, "condition_number must be 1"),
+        ({"noise": -1}, "greater than or equal"),
+        ({"task": "least_squares", "condition_number": 0.5}, "greater than or equal"),
+        ({"task": "spiral"}, "teacher_student"),
+    ],
+)
+def test_invalid_combinations_are_explained(params, message):
+    with pytest.raises(ValidationError, match=message):
+        Synthetic.Params(**params)
+
+
+def test_resolved_params_with_all_defaults_validate_again():
+    # the engine stores params with defaults filled in; they must parse back unchanged
+    for task in ("teacher_student", "gaussian_mixture", "least_squares"):
+        dumped = Synthetic.Params(task=task).model_dump(mode="json")
+        assert Synthetic.Params.model_validate(dumped).model_dump(mode="json") == dumped
