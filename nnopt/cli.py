@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,23 @@ EXIT_FAILED, EXIT_SPEC, EXIT_BUSY, EXIT_INTERRUPTED = 1, 2, 75, 130
 class _Group(click.Group):
     """Maps the engine's exceptions to exit codes and one-line messages (no tracebacks)."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # --debug is accepted anywhere on the line (`nnopt validate f.yaml --debug` too)
+        if "--debug" in args:
+            ctx.meta["debug"] = True
+            args = [a for a in args if a != "--debug"]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         from nnopt.core.errors import PluginError, SpecError
         from nnopt.core.store import StageBusy
 
-        debug = "--debug" in sys.argv
+        debug = ctx.meta.get("debug", False)
         try:
             return super().invoke(ctx)
         except SpecError as err:
+            if debug:
+                traceback.print_exc()
             for diag in err.diagnostics:
                 click.echo(str(diag), err=True)
             n = len(err.diagnostics)
@@ -54,7 +64,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nnopt")
-@click.option("--debug", is_flag=True, help="show tracebacks of unexpected errors")
+@click.option("--debug", is_flag=True, help="show tracebacks (accepted anywhere on the command line)")
 def main(debug: bool) -> None:
     """nnopt: runnable, cached pipelines for the optimization of deep networks.
 
@@ -84,10 +94,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
 @json_option
 @click.option("--no-wait", is_flag=True, help="exit 75 instead of waiting for a stage another run is computing")
 @click.option("--no-progress", is_flag=True, help="no progress bars on stderr")
-@click.option("--debug", is_flag=True, hidden=True)
 def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], store_dir: str | None, as_json: bool,
-        no_wait: bool, no_progress: bool, debug: bool) -> None:
+        no_wait: bool, no_progress: bool) -> None:
     """Validate FILE, plan it, and run every stage that is not cached."""
+    debug = click.get_current_context().meta.get("debug", False)
     from nnopt.core import plan_index
     from nnopt.core.registry import Registry
 
@@ -233,8 +243,8 @@ def list_components(kind: str | None, as_json: bool) -> None:
     for e in entries:
         counts[(e.kind, e.name)] = counts.get((e.kind, e.name), 0) + 1
     if as_json:
-        click.echo(json.dumps([{"kind": e.kind, "name": e.name, "provider": e.dist, "version": e.version, "entry_point": e.value}
-                               for e in entries]))
+        click.echo(json.dumps([{"kind": e.kind, "name": e.name, "provider": e.dist, "version": e.version, "entry_point": e.value,
+                                "conflict": counts[(e.kind, e.name)] > 1} for e in entries]))
         return
     for e in entries:
         clash = "  CONFLICT: provided twice" if counts[(e.kind, e.name)] > 1 else ""

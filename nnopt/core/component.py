@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_serializer, model_validator
 
+from .errors import did_you_mean
+from .registry import singular
+
 
 class Params(BaseModel):
     """Base of every component's parameter model: unknown keys are errors, values immutable.
@@ -92,6 +95,11 @@ class ComponentRef(BaseModel):
             return value
         if isinstance(value, str):
             return {"name": value}
+        if isinstance(value, dict) and "name" not in value:
+            typo = did_you_mean("name", [k for k in value if isinstance(k, str)])
+            hint = f"; is '{typo}' a misspelling of 'name'?" if typo else ""
+            what = singular(cls.kind) if cls.kind else "component"
+            raise ValueError(f"missing 'name': a {what} is written as a name or as {{name: ..., <params>}}{hint}")
         if isinstance(value, dict) and "params" not in value:
             reserved = set(cls.model_fields) - {"params"}
             out = {k: v for k, v in value.items() if k in reserved}

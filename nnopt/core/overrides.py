@@ -12,6 +12,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from .errors import Diagnostic, Location, SpecError, did_you_mean
 from .yaml_source import Path, Source, dotted, parse_value
 
@@ -36,7 +38,10 @@ def parse_set(text: str) -> Override:
         raise SpecError([Diagnostic(where, "", "empty PATH in PATH=VALUE")])
     try:
         value = parse_value(value_text)
-    except Exception as err:  # yaml errors: a message, not a traceback
+    except yaml.MarkedYAMLError as err:  # one line, not PyYAML's multi-line report
+        problem = " ".join(filter(None, [err.context, err.problem]))
+        raise SpecError([Diagnostic(where, path_text, f"value is not valid YAML: {problem}")]) from None
+    except yaml.YAMLError as err:
         raise SpecError([Diagnostic(where, path_text, f"value is not valid YAML: {err}")]) from None
     return Override(path, value, where, text)
 
@@ -60,7 +65,8 @@ def apply(source: Source, override: Override) -> list[Diagnostic]:
             if part not in node:
                 if path[:1] == ("stages",) and depth == 1:
                     hint = did_you_mean(part, node)
-                    return [Diagnostic(override.location, dotted(here), f"no stage '{part}' in this pipeline", hint)]
+                    where = override.key_location or override.location
+                    return [Diagnostic(where, dotted(here), f"no stage '{part}' in this pipeline", hint)]
                 node[part] = {}
             child = node[part]
             if isinstance(child, str) and not isinstance(path[depth + 1], int):

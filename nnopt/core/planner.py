@@ -75,7 +75,13 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
     if not isinstance(source.data, dict):
         raise SpecError([Diagnostic(source.locate(()), "", "expected a mapping with name, stages, ... at the top level")])
     problems = Problems()
-    overrides = [parse_set(s) for s in sets]
+    overrides = []
+    for text in sets:
+        try:
+            overrides.append(parse_set(text))
+        except SpecError as err:
+            for diag in err.diagnostics:
+                problems.add(diag)
     for override in overrides:
         for diag in apply(source, override):
             problems.add(diag)
@@ -255,7 +261,8 @@ def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Regist
     try:
         params = cls.Params.model_validate(ref.params)
     except ValidationError as err:
-        for diag in diagnostics_from(err, source, path, model=cls.Params):
+        reserved = [f.alias or n for n, f in type(ref).model_fields.items() if n != "params"]
+        for diag in diagnostics_from(err, source, path, model=cls.Params, also_allowed=reserved):
             problems.add(diag)
         return
     ref.resolve(cls, params, entry.provider)

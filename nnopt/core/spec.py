@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .component import DatasetRef, LossRef
 from .errors import Diagnostic, did_you_mean
@@ -21,25 +23,54 @@ class PipelineSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, description="pipeline name: lowercase letters, digits, _ and -")
+    name: str = Field(description="pipeline name: lowercase letters, digits, _ and -")
     description: str | None = Field(None, description="free text, shown by `nnopt show`")
     seed: int = Field(0, description="every random choice derives from it")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     data: DatasetRef | None = None  # type: ignore[valid-type]
     model: ModelSpec | None = None
     loss: LossRef | None = None  # type: ignore[valid-type]
-    stages: dict[str, dict[str, Any]] = Field(min_length=1, description="ordered mapping: stage id -> stage")
+    stages: dict[str, dict[str, Any]] = Field(description="ordered mapping: stage id -> stage")
     matrix: dict[str, list[Any]] | None = Field(None, description="dotted path -> values; one pipeline per combination")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(f"expected a name of lowercase letters, digits, _ and - (like '{_slug(value)}'), got {value!r}")
+        return value
 
-def diagnostics_from(err: ValidationError, source: Source, prefix: Path = (), model: type[BaseModel] | None = None) -> list[Diagnostic]:
-    """One located diagnostic per pydantic error, with "expected ..." wording and suggestions."""
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _some_stages(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("expected at least one stage (stage id -> {kind: ..., ...})")
+        return value
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "my-pipeline"
+
+
+def diagnostics_from(err: ValidationError, source: Source, prefix: Path = (), model: type[BaseModel] | None = None,
+                     also_allowed: list[str] = ()) -> list[Diagnostic]:
+    """One located diagnostic per pydantic error, with "expected ..." wording and suggestions.
+    ``also_allowed``: keys valid beside the model's own at its top level (a component's name)."""
     out = []
     for e in err.errors(include_url=False):
         loc = tuple(prefix) + _yaml_loc(e["loc"])
         kind = e["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(model, e["loc"]) if model else []
+            if len(e["loc"]) == 1:
+                allowed = sorted(set(allowed) | set(also_allowed))
             key = loc[-1]
             expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
             out.append(Diagnostic(source.locate(loc, at_key=True), dotted(loc), f"unknown key '{key}'{expected}", did_you_mean(key, allowed)))

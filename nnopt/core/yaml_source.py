@@ -87,6 +87,9 @@ def parse_yaml(text: str, name: str) -> Source:
         mark = err.problem_mark or err.context_mark
         where = Location(name, mark.line + 1, mark.column + 1) if mark else Location(name)
         problem = " ".join(filter(None, [err.context, err.problem])) or "invalid YAML"
+        opened = err.context_mark
+        if opened is not None and mark is not None and (opened.line, opened.column) != (mark.line, mark.column):
+            problem += f" (the construct started at line {opened.line + 1}, column {opened.column + 1})"
         raise SpecError([Diagnostic(where, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as err:
         raise SpecError([Diagnostic(Location(name), "", f"YAML error: {err}")]) from None
@@ -124,7 +127,7 @@ def _convert(loader: Any, node: yaml.Node, path: Path, source: Source, problems:
                     Diagnostic(
                         _loc(source.name, key_node),
                         dotted(path + (key,)),
-                        f"duplicate key '{key}' (first given at line {first.line if first else '?'})",
+                        f"duplicate key '{key}' (first given at {f'line {first.line}, column {first.column}' if first else 'an earlier line'})",
                     )
                 )
                 continue

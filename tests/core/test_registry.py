@@ -304,7 +304,7 @@ def test_list_json_names_provider_version_and_entry_point(invoke):
     items = json.loads(result.stdout)
     sgd = next(i for i in items if i["name"] == "sgd")
     assert sgd == {"kind": "optimizers", "name": "sgd", "provider": "nnopt", "version": installed_nnopt_version(),
-                   "entry_point": "nnopt.plugins.optimizers.sgd:SGD"}
+                   "entry_point": "nnopt.plugins.optimizers.sgd:SGD", "conflict": False}
 
 
 @pytest.mark.parametrize(
