@@ -208,3 +208,96 @@ def test_show_of_an_unknown_ref_is_an_error_with_a_suggestion(cli, pipeline):
     cli.run_json(pipeline())
     result = cli("show", "tinny")
     assert result.exit_code == 2 and "did you mean 'tiny'" in result.stderr
+
+
+CHECKPOINTED = TINY.replace("    epochs: 1\n    keep: [0]\n", "    epochs: 3\n    keep: [0, 20]\n    checkpoint_every: 10\n    log_every: 5\n    track: [{name: grad_norms, every: 7}]\n")
+
+
+def test_a_training_killed_mid_stage_resumes_from_its_checkpoint_with_the_same_bits(cli, pipeline, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from nnopt.cli import main
+    from nnopt.core.stage import StageContext
+
+    path = pipeline(CHECKPOINTED)
+    saved = StageContext.save_checkpoint
+    calls = []
+
+    def killed_after_two(self, state):
+        saved(self, state)
+        calls.append(state["step"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the process were killed right after its 2nd checkpoint
+
+    monkeypatch.setattr(StageContext, "save_checkpoint", killed_after_two)
+    assert cli("run", path).exit_code == 130
+    assert calls == [10, 20]
+    (workdir,) = (cli.store / "tmp").iterdir()  # the partial stage is kept, with its checkpoint
+    assert (workdir / "checkpoint.pt").is_file()
+    monkeypatch.setattr(StageContext, "save_checkpoint", saved)
+
+    resumed, out = cli.run_json(path)
+    assert resumed.exit_code == 0 and out["stages"]["train"]["status"] == "ran"
+    fresh = json.loads(CliRunner().invoke(main, ["run", path, "--json", "--store", str(tmp_path / "fresh")]).stdout)
+    a, b = Path(out["stages"]["train"]["dir"]), Path(fresh["stages"]["train"]["dir"])
+    for name in ("weights/final.safetensors", "weights/step_0.safetensors", "weights/step_20.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert not (a / "checkpoint.pt").exists()  # resumption state is not an artifact
+
+    def without_time(file: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in file.read_text().splitlines()]
+
+    assert without_time(a / "metrics.jsonl") == without_time(b / "metrics.jsonl")
+    assert out["stages"]["train"]["metrics"]["test_loss"] == fresh["stages"]["train"]["metrics"]["test_loss"]
+
+
+def test_force_discards_a_checkpoint_left_by_a_killed_run(cli, pipeline, monkeypatch):
+    from nnopt.core.stage import StageContext
+
+    path = pipeline(CHECKPOINTED)
+    saved = StageContext.save_checkpoint
+
+    def killed(self, state):
+        saved(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StageContext, "save_checkpoint", killed)
+    assert cli("run", path).exit_code == 130
+    monkeypatch.setattr(StageContext, "save_checkpoint", saved)
+    steps_seen = []
+    original_load = StageContext.load_checkpoint
+
+    def spy(self):
+        state = original_load(self)
+        steps_seen.append(None if state is None else state["step"])
+        return state
+
+    monkeypatch.setattr(StageContext, "load_checkpoint", spy)
+    _, out = cli.run_json(path, "--force")
+    assert out["stages"]["train"]["status"] == "ran"
+    assert steps_seen[0] is None
+
+
+def test_a_run_killed_with_sigkill_resumes(pipeline, tmp_path):
+    import signal
+    import time
+
+    text = TINY.replace("    epochs: 1\n    keep: [0]\n", "    steps: 4000\n    checkpoint_every: 100\n    log_every: 50\n")
+    path = pipeline(text)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "nnopt", "run", path, "--json", "--store", str(store)]
+    victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((store / "tmp").glob("*/checkpoint.json")) and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    out = json.loads(resumed.stdout)
+    assert out["stages"]["train"]["status"] == "ran"
+    fresh = subprocess.run([*cmd[:-1], str(tmp_path / "fresh")], capture_output=True, text=True, timeout=300)
+    other = json.loads(fresh.stdout)
+    weights = "weights/final.safetensors"
+    assert (Path(out["stages"]["train"]["dir"]) / weights).read_bytes() == (Path(other["stages"]["train"]["dir"]) / weights).read_bytes()

@@ -67,6 +67,15 @@ class TrainSpec(StageSpec):
     grad_clip: float | None = Field(
         None, gt=0, description="clip the global gradient norm to this value before each update (None: no clipping)"
     )
+    checkpoint_every: int | None = Field(
+        None, ge=1, json_schema_extra={"affects_results": False},
+        description="steps between resumable checkpoints (None: by time, see checkpoint_minutes); a killed run "
+        "resumes from the last one with bitwise the same result",
+    )
+    checkpoint_minutes: float = Field(
+        5.0, gt=0, json_schema_extra={"affects_results": False},
+        description="minutes of training between resumable checkpoints when checkpoint_every is not given",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -191,8 +200,28 @@ class Train(Stage):
                     return i
             return None
 
+        perm = None
+        elapsed = 0.0
+        state = ctx.load_checkpoint()
+        if state is not None:  # a killed run of this very stage saved this: continue from it
+            step, window_start, last_finite, elapsed = state["step"], state["step"], state["last_finite"], state["seconds"]
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            shuffle.set_state(state["shuffle"])
+            torch.set_rng_state(state["torch_rng"])
+            train_curve, test_curve, test = state["train_curve"], state["test_curve"], state["test"]
+            for t, (gen, series) in zip(tracks, state["tracks"]):
+                t.generator.set_state(gen)
+                t.series[:] = series
+            if step % per_epoch:
+                perm = state["perm"].to(x_train.device)
+                xs, ys = x_train[perm], y_train[perm]
+        checkpoint_due = _CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, step)
+
         with ctx.progress(total, f"train {ctx.stage_id}") as bar:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - elapsed
+            bar.update(step)
             while step < total:
                 b = step % per_epoch
                 if b == 0:  # a new epoch: one gather per epoch, then every batch is a view
@@ -252,6 +281,15 @@ class Train(Stage):
                         )
                         test_curve.append((step, test["loss"]))
                 sched_step()  # after logging, so that "lr" is the rate the logged steps used
+                if not window and step < total and checkpoint_due(step):
+                    ctx.save_checkpoint({
+                        "step": step, "last_finite": last_finite, "seconds": time.perf_counter() - t0,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
+                        "torch_rng": torch.get_rng_state(), "perm": perm.cpu() if perm is not None else None,
+                        "train_curve": train_curve, "test_curve": test_curve, "test": test,
+                        "tracks": [(t.generator.get_state(), t.series) for t in tracks],
+                    })
         seconds = time.perf_counter() - t0
 
         train = evaluate(model, loss_fn, x_train, y_train, classification, eval_batch)
@@ -350,3 +388,20 @@ def plot_loss(train_curve: list[tuple[int, float]], test_curve: list[tuple[int, 
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
     return save(fig, path)
+
+
+class _CheckpointClock:
+    """When to save a resumable checkpoint: every ``every`` steps, else every ``minutes``."""
+
+    def __init__(self, every: int | None, minutes: float, step: int):
+        self.every, self.seconds = every, minutes * 60.0
+        self.last_step, self.last_time = step, time.monotonic()
+
+    def __call__(self, step: int) -> bool:
+        if self.every is not None:
+            due = step - self.last_step >= self.every
+        else:
+            due = time.monotonic() - self.last_time >= self.seconds
+        if due:
+            self.last_step, self.last_time = step, time.monotonic()
+        return due
