@@ -170,6 +170,9 @@ class AnalysisContext:
     ``model`` holds the weights under analysis (in train mode: the live model). ``batch`` is
     the current mini-batch while tracking, else None. ``load_model(ref)`` builds the model of
     another weight reference (``"train@0"``) for analyzers comparing several solutions.
+    ``generator`` is a CPU ``torch.Generator`` of the analyzer's own, seeded from the stage:
+    draw every random choice (sample subsets, probe vectors) from it, on the CPU, then move
+    the result to ``device``.
     """
 
     model: "nn.Module"

@@ -63,7 +63,7 @@ class Plan:
         return next(s for s in self.stages if s.id == stage_id)
 
 
-def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | None = None, device: str | None = None) -> list[Plan]:
+def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | None = None) -> list[Plan]:
     """Validate ``file`` with overrides ``sets`` into one plan per matrix combination."""
     registry = registry or Registry()
     name = str(file)
@@ -91,7 +91,7 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
         problems.add(diag)
     plans = []
     for combo in combos:
-        plan = _plan_one(combo.source, combo.params, registry, problems, device)
+        plan = _plan_one(combo.source, combo.params, registry, problems)
         if plan is not None:
             plans.append(plan)
     if problems:
@@ -108,7 +108,7 @@ def _unpin_matrix_axis(source: Source, override: Override) -> None:
             del source.data["matrix"]
 
 
-def _plan_one(source: Source, params: dict[str, Any], registry: Registry, problems: Problems, device_override: str | None) -> Plan | None:
+def _plan_one(source: Source, params: dict[str, Any], registry: Registry, problems: Problems) -> Plan | None:
     data = dict(source.data)
     try:
         pipeline = PipelineSpec.model_validate({**data, "matrix": None})
@@ -143,7 +143,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
 
     if pipeline is None or len(stage_specs) != len(raw_stages) or problems:
         return None
-    device = device_override or pipeline.device
+    device = pipeline.device
     try:
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as err:
@@ -171,6 +171,10 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         return None
 
     resolved_device = resolve_device(device)
+    if resolved_device.startswith("cuda") and not _cuda_has(resolved_device):
+        problems.add(Diagnostic(source.locate(("device",)), "device", f"'{device}' asked for, but this machine has no such CUDA device"
+                                " (use device: auto to fall back to the CPU)"))
+        return None
     for sid in order:
         st = planned[sid]
         st.key, st.resolved = stage_key(st, {d: planned[d].key for d in st.deps}, resolved_device)
@@ -339,3 +343,10 @@ def resolve_device(device: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _cuda_has(device: str) -> bool:
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    return torch.cuda.is_available() and index < torch.cuda.device_count()
