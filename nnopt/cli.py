@@ -177,7 +177,9 @@ def _finish(reports, as_json: bool, pipeline: str) -> None:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ("[" + ", ".join(f"{k}={v}" for k, v in params.items()) + "] ") if params else ""
+    """``[stages.train.optimizer.lr=0.1, seed=1]``: a matrix combination, as --set would write it."""
+    shown = (f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, (dict, list)) else v}" for k, v in params.items())
+    return ("[" + ", ".join(shown) + "] ") if params else ""
 
 
 def _stage_line(rep) -> str:
