@@ -263,7 +263,7 @@ def check_failure(result, file: str, expected: list[tuple[int | str, str, str, s
         unmatched.remove(match)
 
 
-@pytest.mark.parametrize(("row", "command"), _params())
+@pytest.mark.parametrize(("row", "command"), list(_params()))
 def test_bad_spec(row: Row, command: str, invoke, write_pipeline, store: Path):
     path = write_pipeline(row.spec)
     args = [command, str(path), *[a for s in row.sets for a in ("--set", s)]]

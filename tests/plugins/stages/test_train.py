@@ -78,10 +78,10 @@ def test_spec_ranges_and_keep_beyond_steps():
             assert field.description, name
 
 
-def test_log_every_is_left_out_of_the_cache_key():
+def test_logging_and_checkpoint_options_are_left_out_of_the_cache_key():
     from nnopt.core.keys import non_key_fields
 
-    assert non_key_fields(TrainSpec) == {"log_every"}
+    assert non_key_fields(TrainSpec) == {"log_every", "checkpoint_every", "checkpoint_minutes"}
 
 
 # ----------------------------------------------------------------- training
