@@ -76,11 +76,13 @@ def test_a_diverging_run_is_reported_and_its_dependents_skipped(cli, pipeline):
 
 
 def test_a_failing_stage_leaves_nothing_in_the_store(cli, pipeline, tmp_path):
-    text = TINY.replace("data: {name: digits, batch_size: 128}", f"data: {{name: npz, path: {tmp_path / 'absent.npz'}}}")
+    broken = tmp_path / "broken.npz"
+    broken.write_text("not an archive")
+    text = TINY.replace("data: {name: digits, batch_size: 128}", f"data: {{name: npz, path: {broken}}}")
     result, out = cli.run_json(pipeline(text))
     assert result.exit_code == 1
     assert statuses(out) == {"train": "failed", "probe": "skipped"}
-    assert "absent.npz" in out["stages"]["train"]["message"]
+    assert "broken.npz" in out["stages"]["train"]["message"]
     assert not list((cli.store / "stages").glob("*/*")) if (cli.store / "stages").exists() else True
     assert not any((cli.store / "tmp").iterdir())
 
@@ -177,6 +179,14 @@ def test_editing_a_watched_data_file_invalidates_the_fast_path(cli, pipeline, tm
     _, second = cli.run_json(path)
     assert statuses(second) == {"train": "ran", "probe": "ran"}
     assert second["stages"]["train"]["key"] != first["stages"]["train"]["key"]
+
+
+def test_a_missing_data_file_is_a_spec_error_found_before_running(cli, pipeline, tmp_path):
+    text = TINY.replace("data: {name: digits, batch_size: 128}", f"data: {{name: npz, path: {tmp_path / 'absent.npz'}}}")
+    result = cli("run", pipeline(text))
+    assert result.exit_code == 2
+    assert ":3:" in result.stderr and "data.path: no such file" in result.stderr
+    assert not cli.store.exists()
 
 
 def test_show_ls_gc_and_report(cli, pipeline):

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nnopt.core.component import Params
 from nnopt.core.errors import StageError
@@ -24,6 +24,14 @@ class NpzParams(DatasetParams):
         "classification", description="classification: y are class indices 0..C-1; regression: y are real values"
     )
 
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        # found before anything runs (exit 2, located at `path`); `load` checks the contents
+        if not Path(value).expanduser().is_file():
+            raise ValueError(f"no such file: {value} (relative paths are taken from the working directory)")
+        return value
+
 
 class Npz(Dataset):
     """Arrays ``x_train, y_train, x_test, y_test`` from ``numpy.savez(path, ...)``, as given.
@@ -33,10 +41,10 @@ class Npz(Dataset):
     indices of shape (n,), num_classes = output_dim = max label + 1; for ``regression`` y
     becomes float32 of shape (n, k) (a 1-D y is read as (n, 1)), output_dim = k.
 
-    The file is read with ``allow_pickle=False`` (an archive cannot run code) when the stage
-    runs, not when the pipeline is validated: a file written by an earlier stage may not
-    exist yet. Its SHA-256 is part of the cache key, so editing the file recomputes every
-    stage that used it. A relative path is taken from the working directory.
+    The file must exist when the pipeline is validated; it is read with ``allow_pickle=False``
+    (an archive cannot run code) when the stage runs, and a malformed archive fails the
+    stage with a one-line message. Its SHA-256 is part of the cache key, so editing the file
+    recomputes every stage that used it. A relative path is taken from the working directory.
     """
 
     cache_version: ClassVar[int] = 1

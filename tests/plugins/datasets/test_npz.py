@@ -48,8 +48,17 @@ def test_regression_targets_become_columns(tmp_path):
     assert (d.task, d.output_dim, d.num_classes) == ("regression", 1, None)
 
 
-def test_missing_file_is_a_stage_error_at_load_not_at_validation(tmp_path):
-    component = npz(tmp_path / "later.npz")  # validates: the file may be written later
+def test_a_missing_file_is_a_validation_error(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="no such file"):
+        Npz.Params(path=str(tmp_path / "absent.npz"))
+
+
+def test_a_file_removed_after_validation_is_a_stage_error_at_load(tmp_path):
+    np.savez(tmp_path / "d.npz", **arrays())
+    component = npz(tmp_path / "d.npz")
+    (tmp_path / "d.npz").unlink()
     assert Npz.key_extras(component.params) == {"missing": True}
     with pytest.raises(StageError, match="no such file"):
         component.load(0)
