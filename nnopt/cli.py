@@ -109,6 +109,9 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
         entry = plan_index.lookup(store, digest)
         if entry is not None:
             reports = _cached_reports(store, entry, file)
+            if not as_json:
+                for rep in (s for r in reports for s in r.stages):
+                    click.echo(f"  {_stage_line(rep)}", err=True)
             _finish(reports, as_json, entry["pipeline"])
 
     from nnopt.core.planner import load_plans
@@ -166,12 +169,11 @@ def _finish(reports, as_json: bool, pipeline: str) -> None:
         else:
             click.echo(json.dumps({"pipeline": pipeline, "runs": [r.to_json() for r in reports]}))
     else:
+        # the stage lines went to stderr as each stage finished; stdout says where results are
         for r in reports:
             click.echo(f"{r.pipeline} {_params_text(r.params)}run {r.run}: {r.status}")
             for s in r.stages:
-                click.echo(f"  {_stage_line(s)}")
-                if s.dir:
-                    click.echo(f"    {s.dir}")
+                click.echo(f"  {s.id:<14} {s.status:<8} {s.dir or s.message or ''}")
     failed = any(r.status != "ok" for r in reports)
     sys.exit(EXIT_FAILED if failed else 0)
 
@@ -183,7 +185,8 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def _stage_line(rep) -> str:
-    shown = {k: v for k, v in rep.metrics.items() if k in ("train_loss", "test_loss", "test_accuracy", "diverged_at_step")}
+    order = ("train_loss", "test_loss", "test_accuracy", "diverged_at_step")
+    shown = {k: rep.metrics[k] for k in order if k in rep.metrics}
     numbers = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
     if rep.results and not shown:
         numbers = "results: " + ", ".join(rep.results)
