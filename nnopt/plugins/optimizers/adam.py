@@ -10,7 +10,7 @@ from pydantic import Field
 from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 
-from .sgd import build_fused_if_supported
+from .fused import build_fused_if_supported
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -46,4 +46,4 @@ class Adam(Optimizer):
     Params = AdamParams
 
     def build(self, params: Iterable[Any], device: torch.device) -> torch.optim.Optimizer:
-        return build_fused_if_supported(torch.optim.Adam, params, **self.params.model_dump())
+        return build_fused_if_supported(torch.optim.Adam, params, device, fused_on=("cpu", "cuda"), **self.params.model_dump())

@@ -10,22 +10,7 @@ from pydantic import Field, model_validator
 from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 
-
-def build_fused_if_supported(
-    cls: type[torch.optim.Optimizer], params: Iterable[Any], **options: Any
-) -> torch.optim.Optimizer:
-    """``cls(params, fused=True, **options)``, or without ``fused`` where torch refuses it.
-
-    Fused kernels update every parameter in one kernel; torch 2.13 has them for SGD and Adam
-    on CPU and CUDA. Support is not guessed from the device: torch checks the parameters'
-    devices and dtypes when the optimizer is built, and raises if it cannot fuse them; the
-    optimizer is then built with torch's default (``foreach`` where available).
-    """
-    params = list(params)  # may be a generator: it is consumed at most twice
-    try:
-        return cls(params, fused=True, **options)
-    except (RuntimeError, ValueError, TypeError):
-        return cls(params, **options)
+from .fused import build_fused_if_supported
 
 
 class SGDParams(Params):
@@ -59,4 +44,6 @@ class SGD(Optimizer):
     Params = SGDParams
 
     def build(self, params: Iterable[Any], device: torch.device) -> torch.optim.Optimizer:
-        return build_fused_if_supported(torch.optim.SGD, params, **self.params.model_dump())
+        # fused on CUDA only: on a CPU shared with other work the fused kernel was up to 2.5x
+        # slower than torch's foreach update (benchmarks/train_overhead.py, note in the issue)
+        return build_fused_if_supported(torch.optim.SGD, params, device, fused_on=("cuda",), **self.params.model_dump())
