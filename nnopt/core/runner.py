@@ -89,10 +89,10 @@ def stored_report(store: Store, stage_id: str, key: str) -> StageReport:
                        result.get("metrics", {}), result.get("results", {}), result.get("message"))
 
 
-def record_run(store: Store, report: RunReport, file: str, argv: list[str], started: float) -> None:
+def record_run(store: Store, report: RunReport, file: str, argv: list[str], started: float, status: str | None = None) -> None:
     store.write_run({
         "run": report.run, "pipeline": report.pipeline, "file": os.path.abspath(file), "params": report.params,
-        "status": report.status, "argv": argv, "started": started, "ended": time.time(),
+        "status": status or report.status, "argv": argv, "started": started, "ended": None if status else time.time(),
         "stages": {s.id: {"key": s.key, "status": s.status} for s in report.stages},
     })
 
@@ -113,6 +113,10 @@ def run_plan(
     argv = argv if argv is not None else sys.argv
     started = time.time()
     report = RunReport(plan.name, new_run_id(plan.name), plan.params, [])
+    # recorded before anything runs, so that `nnopt gc` in another shell keeps the stages
+    # this run has finished and is about to read
+    pending = RunReport(report.pipeline, report.run, report.params, [StageReport(s.id, "pending", s.key, "") for s in plan.stages])
+    record_run(store, pending, plan.file, argv, started, status="running")
     by_id: dict[str, StageReport] = {}
     redo_all = _with_dependents(plan, redo)
     try:
@@ -122,9 +126,12 @@ def run_plan(
             report.stages.append(rep)
             if on_stage:
                 on_stage(rep)
-    finally:
-        if report.stages:
-            record_run(store, report, plan.file, argv, started)
+    except KeyboardInterrupt:  # the record keeps every key: gc keeps the checkpoint to resume
+        done = {s.id for s in report.stages}
+        report.stages += [StageReport(s.id, "interrupted", s.key, "") for s in plan.stages if s.id not in done]
+        record_run(store, report, plan.file, argv, started, status="interrupted")
+        raise
+    record_run(store, report, plan.file, argv, started)
     return report
 
 

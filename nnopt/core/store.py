@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -162,14 +161,12 @@ class Store:
         return self.root / "index" / f"{digest}.json"
 
     # ------------------------------------------------------------------ gc
-    def stale_workdirs(self, older_than_s: float = 0.0) -> Iterator[Path]:
+    def stale_workdirs(self) -> Iterator[Path]:
+        """Work directories no running process holds (by the lock of their key)."""
         base = self.root / "tmp"
         if not base.is_dir():
             return
-        now = time.time()
         for p in base.iterdir():
-            if now - p.stat().st_mtime < older_than_s:
-                continue
             key_prefix = p.name.split(".")[0]
             busy = any(self._lock_held(lock) for lock in (self.root / "locks").glob(f"{key_prefix}*.lock"))
             if p.name.startswith("old."):
@@ -219,7 +216,8 @@ def _size(path: Path) -> int:
 
 
 def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = False) -> GcReport:
-    """Remove stages no kept run refers to, and work directories no live run owns.
+    """Remove stages no kept run refers to, and work directories no live run owns (but keep
+    the checkpoints of interrupted stages that a kept run names).
 
     With ``keep_last=N`` only the newest N runs of each pipeline are kept (older run records
     are dropped first); by default every run record is kept.
@@ -235,7 +233,8 @@ def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = 
     kept = [r for r in runs if r["run"] not in dropped]
     referenced = {s["key"] for r in kept for s in r.get("stages", {}).values() if s.get("key")}
     garbage = [k for k in store.all_stage_keys() if k not in referenced]
-    workdirs = list(store.stale_workdirs(older_than_s=0.0))
+    # a checkpoint of a stage some kept run still names is kept: the next run resumes from it
+    workdirs = [p for p in store.stale_workdirs() if p.name not in referenced or not (p / CHECKPOINT_META).is_file()]
     freed = sum(_size(store.stage_dir(k)) for k in garbage) + sum(_size(p) for p in workdirs)
     if not dry_run:
         for run_id in dropped:

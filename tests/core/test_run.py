@@ -311,3 +311,40 @@ def test_a_run_killed_with_sigkill_resumes(pipeline, tmp_path):
     other = json.loads(fresh.stdout)
     weights = "weights/final.safetensors"
     assert (Path(out["stages"]["train"]["dir"]) / weights).read_bytes() == (Path(other["stages"]["train"]["dir"]) / weights).read_bytes()
+
+
+def test_gc_keeps_what_a_running_pipeline_has_finished(cli, pipeline, monkeypatch):
+    from nnopt.plugins.stages.analyze import Analyze
+
+    path = pipeline()
+    seen = {}
+
+    def gc_while_probing(self, ctx):  # another shell runs `nnopt gc` while this run is at `probe`
+        assert cli("gc").exit_code == 0
+        seen["train_kept"] = ctx.load_model("train") is not None
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Analyze, "run", gc_while_probing)
+    assert cli("run", path).exit_code == 130
+    assert seen == {"train_kept": True}
+    run = json.loads(cli("show", "latest", "--json").stdout)
+    assert run["status"] == "interrupted"
+    assert {s: v["run_status"] for s, v in run["stages"].items()} == {"train": "ran", "probe": "interrupted"}
+
+
+def test_gc_keeps_the_checkpoint_of_an_interrupted_stage(cli, pipeline, monkeypatch):
+    from nnopt.core.stage import StageContext
+
+    path = pipeline(CHECKPOINTED)
+    saved = StageContext.save_checkpoint
+
+    def killed(self, state):
+        saved(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StageContext, "save_checkpoint", killed)
+    assert cli("run", path).exit_code == 130
+    cli("gc")
+    assert list((cli.store / "tmp").glob("*/checkpoint.json"))
+    cli("gc", "--keep-last", "0")  # nothing kept: the checkpoint goes too
+    assert not list((cli.store / "tmp").glob("*/checkpoint.json"))
