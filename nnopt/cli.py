@@ -32,7 +32,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from nnopt.core.errors import PluginError, SpecError
-        from nnopt.core.store import StageBusy
+        from nnopt.core.store import CorruptStore, StageBusy
 
         debug = ctx.meta.get("debug", False)
         try:
@@ -44,16 +44,27 @@ class _Group(click.Group):
                 click.echo(str(diag), err=True)
             n = len(err.diagnostics)
             click.echo(f"{n} error{'s' if n != 1 else ''}; nothing was run", err=True)
+            _json_error(ctx, "invalid", errors=[d.to_json() for d in err.diagnostics])
             ctx.exit(EXIT_SPEC)
         except PluginError as err:
             click.echo(f"error: {err}", err=True)
+            _json_error(ctx, "invalid", errors=[{"message": str(err)}])
             ctx.exit(EXIT_SPEC)
         except StageBusy as err:
             click.echo(f"a stage this run needs is being computed by another run (lock {err}); --no-wait given", err=True)
+            _json_error(ctx, "busy", lock=str(err))
             ctx.exit(EXIT_BUSY)
+        except CorruptStore as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(EXIT_FAILED)
         except KeyboardInterrupt:
-            click.echo("interrupted; completed stages are kept, the interrupted one was discarded", err=True)
+            click.echo("interrupted: finished stages are kept; a stage that saved a checkpoint resumes from it "
+                       "on the next run, any other is computed again", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `nnopt list | head`: the reader left; say nothing more
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as err:  # pragma: no cover - a bug: say so, traceback on request
@@ -61,6 +72,12 @@ class _Group(click.Group):
                 raise
             click.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_FAILED)
+
+
+def _json_error(ctx: click.Context, status: str, **fields: Any) -> None:
+    """With ``--json``, a failed command still prints one JSON object on stdout."""
+    if ctx.meta.get("json"):
+        click.echo(json.dumps({"status": status, **fields}))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,9 +95,13 @@ def main(debug: bool) -> None:
 
 
 def _store(path: str | None):
+    from nnopt.core.errors import Diagnostic, Location, SpecError
     from nnopt.core.store import Store, default_root
 
-    return Store(Path(path) if path else default_root())
+    root = Path(path) if path else default_root()
+    if root.exists() and not root.is_dir():
+        raise SpecError([Diagnostic(Location(f"--store {root}"), "", "the store must be a directory, and this is a file")])
+    return Store(root)
 
 
 store_option = click.option("--store", "store_dir", metavar="DIR", help="the store (default $NNOPT_HOME, else ./.nnopt)")
@@ -101,7 +122,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
 def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], store_dir: str | None, as_json: bool,
         no_wait: bool, no_progress: bool) -> None:
     """Validate FILE, plan it, and run every stage that is not cached."""
-    debug = click.get_current_context().meta.get("debug", False)
+    click_ctx = click.get_current_context()
+    click_ctx.meta["json"] = as_json
+    debug = click_ctx.meta.get("debug", False)
     from nnopt.core import plan_index
     from nnopt.core.registry import Registry
 
@@ -119,16 +142,17 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
             _finish(reports, as_json, entry["pipeline"])
 
     from nnopt.core.planner import load_plans
-    from nnopt.core.runner import run_plan
+    from nnopt.core.runner import new_run_id, run_plan
 
     plans = load_plans(file, list(sets), registry)
     _check_redo(plans, redo, file)
     show = (lambda rep: None) if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
     reports = []
+    invocation = new_run_id(plans[0].name)
     for plan in plans:
         if len(plans) > 1 and not as_json:
             click.echo(f"{plan.name} {_params_text(plan.params)}", err=True)
-        reports.append(run_plan(plan, store, force=force, redo=set(redo), wait=not no_wait,
+        reports.append(run_plan(plan, store, force=force, redo=set(redo), wait=not no_wait, invocation=invocation,
                                 progress=not no_progress and sys.stderr.isatty(), on_stage=show, debug=debug))
     if all(s.status in ("ran", "cached", "diverged") for r in reports for s in r.stages):
         plan_index.save(store, digest, plans)
@@ -157,10 +181,11 @@ def _cached_reports(store, entry: dict[str, Any], file: str):
     from nnopt.core.runner import RunReport, new_run_id, record_run, stored_report
 
     reports = []
+    invocation = new_run_id(entry["pipeline"])
     for run in entry["runs"]:
         started = time.time()
         report = RunReport(entry["pipeline"], new_run_id(entry["pipeline"]), run["params"],
-                           [stored_report(store, s["id"], s["key"]) for s in run["stages"]])
+                           [stored_report(store, s["id"], s["key"]) for s in run["stages"]], invocation)
         record_run(store, report, file, sys.argv, started)
         reports.append(report)
     return reports
@@ -206,6 +231,7 @@ def _stage_line(rep) -> str:
 @json_option
 def plan(file: str, sets: tuple[str, ...], store_dir: str | None, as_json: bool) -> None:
     """Validate FILE and show each stage, its key, and whether it is cached; runs nothing."""
+    click.get_current_context().meta["json"] = as_json
     from nnopt.core.planner import load_plans
 
     _require_file(file)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, model_serializer, model_validator
 
 from .errors import did_you_mean
 from .registry import singular
@@ -32,7 +32,9 @@ class Params(BaseModel):
     ref_type("activations") = "relu"``) becomes a reference the engine resolves.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: YAML already types values, so `lr: true` or `epochs: "5"` are mistakes, not
+    # values to coerce; and an infinite or NaN number is never a meaningful parameter
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -184,13 +186,7 @@ KernelRef = ref_type("kernels")
 class TrackRef(AnalyzerRef):  # type: ignore[misc, valid-type]
     """An analyzer run during training every ``every`` steps (a reserved key, not a param)."""
 
-    every: int = 100
-
-    @model_validator(mode="after")
-    def _positive_every(self):
-        if self.every < 1:
-            raise ValueError("every must be a positive number of steps")
-        return self
+    every: int = Field(100, ge=1, strict=True, description="run the analyzer at steps s with s % every == 0")
 
 
 _WEIGHT_REF = re.compile(r"^(?P<stage>[A-Za-z0-9_-]+)(?:@(?P<step>init|\d+))?$")
@@ -221,7 +217,12 @@ class WeightRef(BaseModel):
         return value
 
     @model_serializer
-    def _to_str(self) -> str:
+    def _to_str(self, info: SerializationInfo) -> str:
+        # for cache keys, the referenced stage's *key* stands for its id: renaming a stage
+        # changes no result, so it must change no key
+        keys = (info.context or {}).get("stage_keys") if info.context else None
+        if keys and self.stage in keys:
+            return f"{keys[self.stage]}@{'final' if self.step is None else self.step}"
         return str(self)
 
     def __str__(self) -> str:

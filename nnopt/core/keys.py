@@ -40,32 +40,30 @@ def non_key_fields(model: type[BaseModel]) -> set[str]:
     return out
 
 
-def _dump(value: Any) -> Any:
-    return value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
+def _dump(value: Any, context: dict[str, Any] | None = None) -> Any:
+    return value.model_dump(mode="json", by_alias=True, context=context) if isinstance(value, BaseModel) else value
+
+
+def _resolved(stage: "PlannedStage", context: dict[str, Any] | None) -> dict[str, Any]:
+    spec = _dump(stage.spec, context)
+    for inherited in ("seed", "data", "model", "loss"):
+        spec.pop(inherited, None)
+    return {**spec, "seed": stage.seed, "data": _dump(stage.data, context), "model": _dump(stage.model, context),
+            "loss": _dump(stage.loss, context)}
 
 
 def stage_key(stage: "PlannedStage", dep_keys: dict[str, str], device: str) -> tuple[str, dict[str, Any]]:
-    """The stage's key, and the resolved spec it was computed from (saved as spec.json)."""
-    spec = stage.spec.model_dump(mode="json", by_alias=True)
-    for inherited in ("seed", "data", "model", "loss"):
-        spec.pop(inherited, None)
-    resolved = {
-        "id": stage.id,
-        **spec,
-        "seed": stage.seed,
-        "data": _dump(stage.data),
-        "model": _dump(stage.model),
-        "loss": _dump(stage.loss),
-        "device": device,
-    }
-    keyed = {k: v for k, v in resolved.items() if k not in non_key_fields(type(stage.spec)) and k != "id"}
+    """The stage's key, and the resolved spec it was computed from (saved as spec.json).
+
+    In the keyed form every weight reference names the referenced stage by its key, not its
+    id (see ``WeightRef``), so that renaming a stage changes no key."""
+    resolved = {"id": stage.id, **_resolved(stage, None), "device": device}
+    keyed = _resolved(stage, {"stage_keys": dep_keys})
     payload = {
         "key_schema": KEY_SCHEMA,
         "kind": stage.kind,
         "stage_cache_version": stage.cls.cache_version,
-        "spec": keyed,
+        "spec": {k: v for k, v in keyed.items() if k not in non_key_fields(type(stage.spec))},
         "device_type": device.split(":")[0],
-        "inputs": {ref: f"{dep_keys[w.stage]}@{'final' if w.step is None else w.step}" for ref, w in stage.weights.items()},
     }
-    payload["spec"].pop("device", None)
     return digest(payload), resolved

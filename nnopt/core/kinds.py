@@ -131,9 +131,14 @@ class Initializer(Component):
 
 # --------------------------------------------------------------------------- training
 class Loss(Component):
-    """Kind ``losses``: ``build(reduction)`` returns ``f(outputs, targets) -> loss``."""
+    """Kind ``losses``: ``build(reduction)`` returns ``f(outputs, targets) -> loss``.
+
+    ``tasks`` names the data it makes sense for; a stage given other data fails with a
+    message instead of optimizing a meaningless number (cross-entropy of real targets).
+    """
 
     kind: ClassVar[str] = "losses"
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "regression"})
 
     def build(self, reduction: Literal["mean", "sum", "none"] = "mean") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
         raise NotImplementedError(f"{type(self).__name__}.build")

@@ -14,8 +14,19 @@ def _not_found(ref: str, message: str, candidates: list[str] = ()) -> SpecError:
     return SpecError([Diagnostic(Location(f"REF {ref}"), "", message, did_you_mean(ref, candidates))])
 
 
-def find_run(store: Store, ref: str) -> dict[str, Any]:
-    """A run record by id, id prefix, pipeline name (its latest run), or ``latest``."""
+def find_run(store: Store, ref: str, shown: str | None = None) -> dict[str, Any]:
+    """A run record by id, id prefix, pipeline name (its latest run), or ``latest``.
+    ``shown``: the reference as the user wrote it, for messages."""
+    try:
+        return _find_run(store, ref)
+    except SpecError as err:
+        if shown is None:
+            raise
+        d = err.diagnostics[0]
+        raise SpecError([Diagnostic(Location(f"REF {shown}"), "", d.message, d.suggestion)]) from None
+
+
+def _find_run(store: Store, ref: str) -> dict[str, Any]:
     runs = store.runs()
     if not runs:
         raise _not_found(ref, f"the store {store.root} holds no runs")
@@ -37,8 +48,12 @@ def find_run(store: Store, ref: str) -> dict[str, Any]:
 
 def _stage_data(store: Store, key: str, stage_id: str | None = None) -> dict[str, Any]:
     d = store.stage_dir(key)
+    if not store.is_complete(key):
+        return {"id": stage_id, "key": key, "kind": None, "dir": str(d), "status": "corrupt", "seconds": None,
+                "metrics": {}, "results": {}, "spec": None, "artifacts": [], "providers": {},
+                "message": "damaged or incomplete: the next `nnopt run` of its pipeline computes it again"}
     manifest = read_json(d / "manifest.json")
-    result = read_json(d / "result.json") if (d / "result.json").is_file() else {}
+    result = read_json(d / "result.json")
     return {
         "id": stage_id or manifest.get("stage"), "key": key, "kind": manifest.get("kind"), "dir": str(d),
         "status": result.get("status"), "seconds": result.get("seconds"), "metrics": result.get("metrics", {}),
@@ -54,19 +69,21 @@ def describe_ref(store: Store, ref: str) -> tuple[str, dict[str, Any]]:
     if len(keys) == 1:
         data = _stage_data(store, keys[0])
         return _stage_text(data), data
-    run = find_run(store, run_part)
+    run = find_run(store, run_part, shown=ref)
     if stage_part:
         stages = run.get("stages", {})
         if stage_part not in stages:
-            raise _not_found(stage_part, f"run {run['run']} has no stage '{stage_part}'", list(stages))
+            hint = did_you_mean(stage_part, stages)
+            raise _not_found(ref, f"run {run['run']} has no stage '{stage_part}'" + (f" (did you mean '{run_part}/{hint}'?)" if hint else ""))
         key = stages[stage_part]["key"]
-        if not store.is_complete(key):
+        if not store.stage_dir(key).exists():
             raise _not_found(ref, f"stage '{stage_part}' of run {run['run']} is not in the store ({stages[stage_part]['status']})")
         data = _stage_data(store, key, stage_part)
         return _stage_text(data), data
     stages = {}
     for sid, s in run.get("stages", {}).items():
-        stages[sid] = _stage_data(store, s["key"], sid) if store.is_complete(s["key"]) else {"id": sid, "key": s["key"], "status": s["status"]}
+        present = store.stage_dir(s["key"]).exists()
+        stages[sid] = _stage_data(store, s["key"], sid) if present else {"id": sid, "key": s["key"], "status": s["status"]}
         stages[sid]["run_status"] = s["status"]
     data = {**run, "stages": stages}
     lines = [f"run {run['run']}  pipeline {run['pipeline']}  status {run['status']}  {_when(run.get('started'))}",
@@ -82,11 +99,14 @@ def _stage_text(data: dict[str, Any]) -> str:
     import json
 
     lines = [f"stage {data['id']}  kind {data['kind']}  status {data['status']}  key {data['key']}", f"dir {data['dir']}"]
+    if data.get("message"):
+        lines.append(data["message"])
     if data["metrics"]:
         lines.append("metrics: " + _numbers(data["metrics"]))
     if data["results"]:
         lines.append("results: " + json.dumps(data["results"])[:2000])
-    lines.append("spec: " + json.dumps(data["spec"], sort_keys=True))
+    if data["spec"] is not None:
+        lines.append("spec: " + json.dumps(data["spec"], sort_keys=True))
     lines.append("artifacts:")
     lines += [f"  {Path(data['dir']) / a}" for a in data["artifacts"]]
     return "\n".join(lines)
@@ -103,7 +123,8 @@ def _when(t: float | None) -> str:
 def list_runs(store: Store) -> tuple[str, list[dict[str, Any]]]:
     runs = store.runs()
     data = [{k: r.get(k) for k in ("run", "pipeline", "status", "started", "params")} | {"stages": len(r.get("stages", {}))} for r in runs]
-    lines = [f"{r['run']:<44} {r['pipeline']:<20} {r['status']:<9} {r['stages']:>3} stages  {_when(r['started'])}" for r in data]
+    lines = [f"{r['run']:<44} {str(r['pipeline']):<20} {str(r['status']):<11} {r['stages']:>3} stages  {_when(r['started'])}"
+             for r in data]
     return ("\n".join(lines) if lines else f"no runs in {store.root}"), data
 
 
@@ -112,9 +133,12 @@ def list_stages(store: Store) -> tuple[str, list[dict[str, Any]]]:
     for key in store.all_stage_keys():
         try:
             m = read_json(store.stage_dir(key) / "manifest.json")
-        except (OSError, ValueError):
-            continue
+            if not store.is_complete(key):
+                raise ValueError("incomplete")
+        except (OSError, ValueError, AttributeError):
+            m = {"status": "corrupt"}
         data.append({"key": key, "stage": m.get("stage"), "kind": m.get("kind"), "pipeline": m.get("pipeline"),
                      "status": m.get("status"), "ended": m.get("ended")})
-    lines = [f"{d['key'][:16]}  {d['pipeline']:<20} {d['stage']:<14} {d['kind']:<10} {d['status']:<9} {_when(d['ended'])}" for d in data]
+    lines = [f"{d['key'][:16]}  {d['pipeline'] or '?':<20} {d['stage'] or '?':<14} {d['kind'] or '?':<10} {d['status']:<9} "
+             f"{_when(d['ended'])}" for d in data]
     return ("\n".join(lines) if lines else f"no stages in {store.root}"), data

@@ -68,6 +68,7 @@ def apply(source: Source, override: Override) -> list[Diagnostic]:
                     where = override.key_location or override.location
                     return [Diagnostic(where, dotted(here), f"no stage '{part}' in this pipeline", hint)]
                 node[part] = {}
+                source.mark(here, override.location, override.key_location)  # created here: errors point here
             child = node[part]
             if isinstance(child, str) and not isinstance(path[depth + 1], int):
                 # a component given by bare name (`schedule: cosine`) gains params: {name: cosine, ...}

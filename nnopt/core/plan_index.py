@@ -3,10 +3,11 @@
 Planning a pipeline imports its components (and so torch, ~2 s). But when nothing about a
 pipeline changed, its stage keys cannot have changed either, so the keys computed last time
 are stored under a digest of everything they were computed from: the file's bytes, the
-``--set`` overrides, nnopt's version, every plugin distribution and its version, and whether
-a GPU is visible (``device: auto``). A hit whose stages are all complete in the store is
-reported as cached straight from their ``result.json`` files. Data files that components
-read (``watched_files``) are checked by size and mtime; any change falls back to planning.
+``--set`` overrides, nnopt's version, every plugin distribution and its version, whether
+a GPU is visible (``device: auto``) and the working directory. A hit whose stages are all
+complete in the store is reported as cached straight from their ``result.json`` files. The
+data files that components read and the source files of the components used are checked
+(size, mtime, inode, ctime); any change falls back to planning.
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ def index_digest(file: str | Path, sets: list[str], registry: "Registry") -> str
         "nnopt": __version__,
         "providers": registry.fingerprint(),
         "gpu": _gpu_visible(),
+        "cwd": os.getcwd(),  # relative data paths in the file are read from here
     })
 
 
 def _file_state(path: str) -> list[Any]:
+    """What changes when a file is edited or replaced: size, mtime, and inode and ctime,
+    which ``touch -r`` / ``cp -p`` cannot set back."""
     try:
         st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
+        return [path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     except OSError:
-        return [path, None, None]
+        return [path, None, None, None, None]
 
 
 def save(store: Store, key: str, plans: list["Plan"]) -> None:

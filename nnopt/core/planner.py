@@ -10,6 +10,8 @@ gathered and raised together as one ``SpecError``.
 from __future__ import annotations
 
 import graphlib
+import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -68,12 +70,18 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
     registry = registry or Registry()
     name = str(file)
     try:
-        text = FsPath(file).read_text(encoding="utf-8")
+        raw = FsPath(file).read_bytes()
+        text = raw.decode("utf-8")
     except OSError as err:
         raise SpecError([Diagnostic(Location(name), "", f"cannot read the pipeline file: {err.strerror or err}")]) from None
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError([Diagnostic(Location(name, line, column), "", f"not valid UTF-8 (byte 0x{raw[err.start]:02x})")]) from None
     source = parse_yaml(text, name)
     if not isinstance(source.data, dict):
-        raise SpecError([Diagnostic(source.locate(()), "", "expected a mapping with name, stages, ... at the top level")])
+        where = source.locate(()) if source.data is not None else Location(name, 1, 1)
+        raise SpecError([Diagnostic(where, "", "expected a mapping with name, stages, ... at the top level")])
     problems = Problems()
     overrides = []
     for text in sets:
@@ -141,9 +149,6 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         graph[sid] = {ref.stage for ref in weights.values()}
         planned[sid] = PlannedStage(sid, spec.kind, cls, spec, 0, None, None, None, weights, sorted(graph[sid]), {})
 
-    if pipeline is None or len(stage_specs) != len(raw_stages) or problems:
-        return None
-    device = pipeline.device
     try:
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as err:
@@ -151,6 +156,9 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         path = ("stages", cycle[0])
         problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stages depend on each other in a cycle: " + " -> ".join(cycle)))
         return None
+    if pipeline is None or len(stage_specs) != len(raw_stages) or problems:
+        return None
+    device = pipeline.device
     # run in the order of the file, as far as dependencies allow
     order = _stable_order(list(stage_specs), graph)
 
@@ -280,9 +288,7 @@ def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:
     found: list[tuple[Path, Any]] = []
     if isinstance(obj, kind):
         found.append((path, obj))
-        if isinstance(obj, ComponentRef):
-            return found  # its params are walked after it is resolved
-    if isinstance(obj, ComponentRef):
+    if isinstance(obj, ComponentRef):  # its params, once resolved (nested components)
         if obj.is_resolved:
             found += _find(obj.resolved, path, kind)
         return found
@@ -327,12 +333,16 @@ def _providers_of(st: PlannedStage, providers: dict[str, str]) -> dict[str, str]
 
 
 def _watched(st: PlannedStage) -> list[str]:
-    files = []
+    """Files whose change must send the next run back to planning: the data files components
+    read, and the source file of every component class used (its ``cache_version`` is there,
+    and an editable install changes code without changing its version)."""
+    files = [inspect.getsourcefile(st.cls) or ""]
     for part in (st.spec, st.data, st.model, st.loss):
         for _, ref in _find(part, (), ComponentRef):
             if ref.is_resolved:
                 files += ref.component.watched_files(ref.resolved)
-    return files
+                files.append(inspect.getsourcefile(ref.component) or "")
+    return [os.path.abspath(f) for f in files if f]
 
 
 def resolve_device(device: str) -> str:

@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from typing import Any, Callable
 from .errors import StageError
 from .planner import Plan, PlannedStage
 from .stage import ResolvedWeights, StageContext, json_safe, weights_file
-from .store import CHECKPOINT_META, Store, read_json, write_json
+from .store import CHECKPOINT_META, StageBusy, Store, read_json, write_json
 
 OK = ("ran", "cached")
 
@@ -59,6 +60,7 @@ class RunReport:
     run: str
     params: dict[str, Any]
     stages: list[StageReport]
+    invocation: str = ""  # shared by the runs of one command (the combinations of a matrix)
 
     @property
     def status(self) -> str:
@@ -90,9 +92,13 @@ def stored_report(store: Store, stage_id: str, key: str) -> StageReport:
 
 
 def record_run(store: Store, report: RunReport, file: str, argv: list[str], started: float, status: str | None = None) -> None:
+    """Write the run record; ``status="running"`` marks it with this process, so that others
+    can tell a live run from one that was killed (``store.run_is_live``)."""
     store.write_run({
         "run": report.run, "pipeline": report.pipeline, "file": os.path.abspath(file), "params": report.params,
-        "status": status or report.status, "argv": argv, "started": started, "ended": None if status else time.time(),
+        "invocation": report.invocation or report.run, "status": status or report.status, "argv": argv, "started": started,
+        "ended": None if status == "running" else time.time(),
+        "process": {"pid": os.getpid(), "host": socket.gethostname()} if status == "running" else None,
         "stages": {s.id: {"key": s.key, "status": s.status} for s in report.stages},
     })
 
@@ -108,14 +114,16 @@ def run_plan(
     argv: list[str] | None = None,
     on_stage: Callable[[StageReport], None] | None = None,
     debug: bool = False,
+    invocation: str = "",
 ) -> RunReport:
     """Run what is not cached; returns the report (also saved as a run record)."""
     argv = argv if argv is not None else sys.argv
     started = time.time()
-    report = RunReport(plan.name, new_run_id(plan.name), plan.params, [])
+    report = RunReport(plan.name, new_run_id(plan.name), plan.params, [], invocation)
     # recorded before anything runs, so that `nnopt gc` in another shell keeps the stages
     # this run has finished and is about to read
-    pending = RunReport(report.pipeline, report.run, report.params, [StageReport(s.id, "pending", s.key, "") for s in plan.stages])
+    pending = RunReport(report.pipeline, report.run, report.params, [StageReport(s.id, "pending", s.key, "") for s in plan.stages],
+                        invocation)
     record_run(store, pending, plan.file, argv, started, status="running")
     by_id: dict[str, StageReport] = {}
     redo_all = _with_dependents(plan, redo)
@@ -126,10 +134,11 @@ def run_plan(
             report.stages.append(rep)
             if on_stage:
                 on_stage(rep)
-    except KeyboardInterrupt:  # the record keeps every key: gc keeps the checkpoint to resume
+    except BaseException as err:  # the record keeps every key: gc keeps a checkpoint to resume
+        status = "busy" if isinstance(err, StageBusy) else "interrupted"
         done = {s.id for s in report.stages}
-        report.stages += [StageReport(s.id, "interrupted", s.key, "") for s in plan.stages if s.id not in done]
-        record_run(store, report, plan.file, argv, started, status="interrupted")
+        report.stages += [StageReport(s.id, status, s.key, "") for s in plan.stages if s.id not in done]
+        record_run(store, report, plan.file, argv, started, status=status)
         raise
     record_run(store, report, plan.file, argv, started)
     return report
@@ -166,10 +175,12 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     device = torch.device(resolve_device(plan.device))
     determinism = _seed_everything(st.seed, device)
     workdir = store.workdir(st.key, resume)
-    weights = {
-        text: ResolvedWeights(store.stage_dir(plan.stage(ref.stage).key) / weights_file(ref.step), plan.stage(ref.stage).model)
-        for text, ref in st.weights.items()
-    }
+    weights = {}
+    for text, ref in st.weights.items():
+        # the weights a stage starts `from` go into the stage's own model (it may change,
+        # say, the activation); other references are read with the model that made them
+        model = st.model if st.spec.from_ is not None and text == str(st.spec.from_) else plan.stage(ref.stage).model
+        weights[text] = ResolvedWeights(store.stage_dir(plan.stage(ref.stage).key) / weights_file(ref.step), model)
     ctx = StageContext(st.id, st.spec, st.seed, device, workdir, st.data, st.model, st.loss, weights,
                        progress=lambda total, desc: StageProgress(total, desc, enabled=progress))
     start_wall, t0 = time.time(), time.perf_counter()
@@ -203,6 +214,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
         "device": str(device), "seed": st.seed, "determinism": determinism,
         "started": start_wall, "ended": time.time(),
     }
+    (workdir / "metrics.jsonl").touch()  # every stage directory has one (SPEC §5), if empty
     final = store.commit(workdir, st.key, manifest)
     return StageReport(st.id, "diverged" if status == "diverged" else "ran", st.key, str(final), seconds,
                        json_safe(outcome.metrics), json_safe(outcome.results), outcome.message)

@@ -6,7 +6,7 @@ import re
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .component import DatasetRef, LossRef
 from .errors import Diagnostic, did_you_mean
@@ -21,17 +21,26 @@ class PipelineSpec(BaseModel):
     """A whole pipeline file. ``stages`` holds raw mappings here; each is validated against
     its own stage kind's params model by the planner."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str = Field(description="pipeline name: lowercase letters, digits, _ and -")
     description: str | None = Field(None, description="free text, shown by `nnopt show`")
-    seed: int = Field(0, description="every random choice derives from it")
+    seed: int = Field(0, ge=0, lt=2**63, description="every random choice derives from it")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     data: DatasetRef | None = None  # type: ignore[valid-type]
     model: ModelSpec | None = None
     loss: LossRef | None = None  # type: ignore[valid-type]
     stages: dict[str, dict[str, Any]] = Field(description="ordered mapping: stage id -> stage")
     matrix: dict[str, list[Any]] | None = Field(None, description="dotted path -> values; one pipeline per combination")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extension_keys(cls, data: Any) -> Any:
+        # top-level `x-...` keys hold YAML anchors for reuse (`x-opt: &opt {...}`), as in
+        # docker-compose files; they are not part of the pipeline
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        return data
 
     @field_validator("name")
     @classmethod

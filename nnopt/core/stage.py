@@ -34,11 +34,12 @@ class StageSpec(Params):
     for this stage alone; left out, a stage with ``from`` inherits them from that stage, and
     any other stage from the pipeline."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True, strict=True,
+                              allow_inf_nan=False)
 
     kind: str
     from_: WeightRef | None = Field(None, alias="from", description="stage (or STAGE@N) whose output this stage starts from")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63, description="this stage's seed (default: inherited)")
     data: DatasetRef | None = None  # type: ignore[valid-type]
     model: ModelSpec | None = None
     loss: LossRef | None = None  # type: ignore[valid-type]
@@ -129,9 +130,16 @@ class StageContext:
         return int(self.data_ref.resolved.batch_size) if self.data_ref is not None else 0
 
     def loss_fn(self, reduction: str = "mean") -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
+        from .errors import StageError
+
         if self.loss_ref is None:
             raise RuntimeError(f"stage '{self.stage_id}' has no loss")
-        return self.loss_ref.instantiate().build(reduction)
+        loss = self.loss_ref.instantiate()
+        task = self.load_data().task
+        if task not in loss.tasks:
+            raise StageError(f"loss '{self.loss_ref.name}' is for {' or '.join(sorted(loss.tasks))} data, and this dataset "
+                             f"is {task} data")
+        return loss.build(reduction)
 
     def build_model(self) -> "nn.Module":
         """A freshly initialized model from the stage's ``model`` spec and seed."""
@@ -146,10 +154,17 @@ class StageContext:
         return load_file(str(self._resolve(ref).path), device=str(self.device))
 
     def load_model(self, ref: WeightRef | str) -> "nn.Module":
-        """The model a weight reference points at, built from that stage's model spec."""
+        """The model holding a weight reference's weights: this stage's own model for its
+        ``from``, the referenced stage's model for any other reference."""
+        from .errors import StageError
+
         resolved = self._resolve(ref)
         model = build_model(resolved.model, self.load_data(), self.seed, self.device, initialize=False)
-        model.load_state_dict(self.load_state(ref))
+        try:
+            model.load_state_dict(self.load_state(ref))
+        except RuntimeError as err:  # shapes or names differ: say so in one line
+            detail = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise StageError(f"the weights of '{ref}' do not fit the model of stage '{self.stage_id}' ({detail})") from None
         return model
 
     def _resolve(self, ref: WeightRef | str) -> ResolvedWeights:

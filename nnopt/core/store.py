@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,15 @@ def default_root() -> Path:
     return Path(os.environ.get("NNOPT_HOME") or DEFAULT_STORE)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: a store may be shared
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,14 +56,15 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes files private (0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: Path, value: Any, sort_keys: bool = True) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -66,6 +77,21 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def run_is_live(record: dict[str, Any]) -> bool:
+    """Whether the process that wrote a ``running`` record still exists (on this host; a
+    record from another host is taken as live)."""
+    proc = record.get("process") or {}
+    if proc.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(proc["pid"]), 0)
+    except (KeyError, TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class StageBusy(Exception):
@@ -84,14 +110,22 @@ class Store:
         return self.root / "stages" / key[:2] / key
 
     def is_complete(self, key: str) -> bool:
-        return (self.stage_dir(key) / "manifest.json").is_file()
+        """Its manifest and result read back and every artifact the manifest lists is there;
+        a stage damaged by hand is not complete, so the next run computes it again."""
+        d = self.stage_dir(key)
+        try:
+            manifest, result = read_json(d / "manifest.json"), read_json(d / "result.json")
+            artifacts = manifest["artifacts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return isinstance(result, dict) and all((d / rel).is_file() for rel in artifacts)
 
     def find_stage(self, prefix: str) -> list[str]:
-        """Keys of complete stages starting with ``prefix`` (at least 4 hex digits)."""
+        """Keys of stored stages starting with ``prefix`` (at least 4 hex digits)."""
         if len(prefix) < 4 or not all(c in "0123456789abcdef" for c in prefix):
             return []
         base = self.root / "stages" / prefix[:2]
-        return sorted(p.name for p in base.glob(f"{prefix}*") if (p / "manifest.json").is_file()) if base.is_dir() else []
+        return sorted(p.name for p in base.glob(f"{prefix}*") if p.is_dir()) if base.is_dir() else []
 
     def all_stage_keys(self) -> list[str]:
         base = self.root / "stages"
@@ -137,21 +171,31 @@ class Store:
     # ------------------------------------------------------------------ runs
     def write_run(self, record: dict[str, Any]) -> Path:
         path = self.root / "runs" / f"{record['run']}.json"
-        write_json(path, record)
+        write_json(path, record, sort_keys=False)  # stages stay in run order
         return path
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run record, oldest first."""
+    def runs(self, corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
+        """Every readable run record, oldest first; unreadable ones are appended to ``corrupt``.
+
+        A record left ``running`` by a process that no longer exists reads as ``stopped``.
+        """
         base = self.root / "runs"
         if not base.is_dir():
             return []
         records = []
         for p in base.glob("*.json"):
             try:
-                records.append(read_json(p))
+                record = read_json(p)
+                if not isinstance(record, dict) or not isinstance(record.get("run"), str) or not isinstance(record.get("stages"), dict):
+                    raise ValueError("not a run record")
             except (OSError, ValueError):
+                if corrupt is not None:
+                    corrupt.append(p)
                 continue
-        return sorted(records, key=lambda r: (r.get("started", 0), r.get("run", "")))
+            if record.get("status") == "running" and not run_is_live(record):
+                record["status"] = "stopped"
+            records.append(record)
+        return sorted(records, key=lambda r: (r.get("started") or 0, r["run"]))
 
     def remove_run(self, run_id: str) -> None:
         (self.root / "runs" / f"{run_id}.json").unlink(missing_ok=True)
@@ -203,6 +247,14 @@ class StageLock:
         self._lock.release()
 
 
+class CorruptStore(Exception):
+    """Run records that cannot be read; ``nnopt gc`` removes nothing while they exist."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        super().__init__("unreadable run records (move or delete them, then gc again): " + ", ".join(map(str, paths)))
+
+
 @dataclass
 class GcReport:
     runs_removed: list[str]
@@ -222,12 +274,16 @@ def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = 
     With ``keep_last=N`` only the newest N runs of each pipeline are kept (older run records
     are dropped first); by default every run record is kept.
     """
-    runs = store.runs()
+    corrupt: list[Path] = []
+    runs = store.runs(corrupt)
+    if corrupt:  # which stages they name is unknown: removing anything could lose results
+        raise CorruptStore(corrupt)
     dropped: list[str] = []
     if keep_last is not None:
         by_pipeline: dict[str, list[dict[str, Any]]] = {}
         for r in runs:
-            by_pipeline.setdefault(r.get("pipeline", ""), []).append(r)
+            if r.get("status") != "running":  # a live run is never dropped
+                by_pipeline.setdefault(r.get("pipeline", ""), []).append(r)
         for records in by_pipeline.values():
             dropped += [r["run"] for r in records[: max(len(records) - keep_last, 0)]]
     kept = [r for r in runs if r["run"] not in dropped]

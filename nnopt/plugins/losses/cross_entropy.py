@@ -32,6 +32,8 @@ class CrossEntropy(Loss):
     sample (shape (n,)).
     """
 
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
+
     cache_version: ClassVar[int] = 1
     Params = CrossEntropyParams
 

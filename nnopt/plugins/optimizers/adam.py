@@ -17,8 +17,9 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 class AdamParams(Params):
     lr: float = Field(1e-3, gt=0.0, description="learning rate α (scaled by the schedule)")
-    betas: tuple[Beta, Beta] = Field(
-        (0.9, 0.999), description="[β1, β2]: decay rates of the first and second moment averages, each in [0, 1)"
+    betas: list[Beta] = Field(
+        [0.9, 0.999], min_length=2, max_length=2,
+        description="[β1, β2]: decay rates of the first and second moment averages, each in [0, 1)",
     )
     eps: float = Field(1e-8, gt=0.0, description="ε added to √v̂ in the denominator")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 coefficient λ added to the gradient as λθ (not AdamW's decoupled decay)")
@@ -46,4 +47,6 @@ class Adam(Optimizer):
     Params = AdamParams
 
     def build(self, params: Iterable[Any], device: torch.device) -> torch.optim.Optimizer:
-        return build_fused_if_supported(torch.optim.Adam, params, device, fused_on=("cpu", "cuda"), **self.params.model_dump())
+        options = self.params.model_dump()
+        options["betas"] = tuple(options["betas"])  # written as a YAML list, torch takes a pair
+        return build_fused_if_supported(torch.optim.Adam, params, device, fused_on=("cpu", "cuda"), **options)

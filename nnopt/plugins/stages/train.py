@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nnopt.core.component import OptimizerRef, ScheduleRef, TrackRef
 from nnopt.core.errors import StageError
@@ -76,6 +76,11 @@ class TrainSpec(StageSpec):
         5.0, gt=0, json_schema_extra={"affects_results": False},
         description="minutes of training between resumable checkpoints when checkpoint_every is not given",
     )
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_as_a_set(cls, keep: list[int]) -> list[int]:
+        return sorted(set(keep))  # [10, 0, 0] and [0, 10] keep the same weights: same key
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
