@@ -58,3 +58,21 @@ def test_gradient_descent_converges_below_two_over_lambda_max_and_diverges_above
     assert below["stages"]["gd"]["metrics"]["train_loss"] < 1e-6  # realizable: the loss goes to zero
     assert above["stages"]["gd"]["status"] == "diverged"
     assert above["status"] == "diverged"
+
+
+def test_the_json_schema_accepts_every_shipped_pipeline_and_rejects_bad_names():
+    import jsonschema
+    import yaml
+
+    result = nnopt("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in PIPELINES:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, (path.name, [e.message for e in errors])
+    quickstart = yaml.safe_load(PIPELINES[[p.name for p in PIPELINES].index("quickstart.yaml")].read_text())
+    assert list(validator.iter_errors({**quickstart, "name": "Quick Start"}))
+    assert list(validator.iter_errors({**quickstart, "device": "gpu"}))
+    assert list(validator.iter_errors({**quickstart, "stages": {"bad id": quickstart["stages"]["train"]}}))

@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from .component import ComponentRef, WeightRef
 from .model_spec import ModelSpec
 from .registry import Registry, singular
-from .spec import PipelineSpec
+from .spec import NAME_PATTERN, STAGE_ID_PATTERN, PipelineSpec
 
 
 def _type_name(annotation: Any) -> str:
@@ -117,8 +117,14 @@ def pipeline_schema(registry: Registry) -> dict[str, Any]:
     if variants:
         schema["properties"]["stages"]["additionalProperties"] = {"oneOf": variants}
     _flatten_refs(schema, registry)
+    props = schema["properties"]
+    # what the validators check by code, said in the schema's own terms for editors
+    props["name"].update({"type": "string", "pattern": NAME_PATTERN})
+    props["device"].update({"type": "string", "pattern": r"^(auto|cpu|cuda(:[0-9]+)?)$"})
+    props["stages"].update({"minProperties": 1, "propertyNames": {"pattern": STAGE_ID_PATTERN}})
+    schema["patternProperties"] = {"^x-": {}}  # anchors for reuse, ignored by nnopt
     schema["title"] = "nnopt pipeline"
-    return schema
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def _flatten_refs(schema: dict[str, Any], registry: Registry) -> None:
