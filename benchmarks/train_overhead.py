@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-
-# as the nnopt CLI does, before torch loads (both loops below run under it)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PIPELINE = """\
 name: bench

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -196,6 +197,24 @@ class Store:
                 record["status"] = "stopped"
             records.append(record)
         return sorted(records, key=lambda r: (r.get("started") or 0, r["run"]))
+
+    def live_runs(self, within_s: float = 7 * 86400) -> list[str]:
+        """Ids of runs in progress now (records written in the last ``within_s`` seconds)."""
+        base = self.root / "runs"
+        if not base.is_dir():
+            return []
+        horizon = time.time() - within_s
+        live = []
+        for p in base.glob("*.json"):
+            try:
+                if p.stat().st_mtime < horizon:
+                    continue
+                record = read_json(p)
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("status") == "running" and run_is_live(record):
+                live.append(str(record.get("run")))
+        return live
 
     def remove_run(self, run_id: str) -> None:
         (self.root / "runs" / f"{run_id}.json").unlink(missing_ok=True)

@@ -348,3 +348,33 @@ def test_gc_keeps_the_checkpoint_of_an_interrupted_stage(cli, pipeline, monkeypa
     assert list((cli.store / "tmp").glob("*/checkpoint.json"))
     cli("gc", "--keep-last", "0")  # nothing kept: the checkpoint goes too
     assert not list((cli.store / "tmp").glob("*/checkpoint.json"))
+
+
+def test_a_run_beside_a_live_run_makes_its_openmp_threads_wait_passively(cli, pipeline, monkeypatch):
+    import os
+    import socket
+
+    from nnopt.core.store import Store
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")  # records the variable, so teardown restores it
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    path = pipeline()
+    cli("run", path)
+    assert "OMP_WAIT_POLICY" not in os.environ  # alone: the default (spinning) is fastest
+    Store(cli.store).write_run({"run": "other", "pipeline": "x", "status": "running", "stages": {}, "started": 0,
+                                "process": {"pid": os.getpid(), "host": socket.gethostname()}})
+    cli("run", path)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_an_openmp_wait_policy_the_user_set_is_left_alone(cli, pipeline, monkeypatch):
+    import os
+    import socket
+
+    from nnopt.core.store import Store
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    Store(cli.store).write_run({"run": "other", "pipeline": "x", "status": "running", "stages": {}, "started": 0,
+                                "process": {"pid": os.getpid(), "host": socket.gethostname()}})
+    cli("run", pipeline())
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
