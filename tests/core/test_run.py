@@ -261,19 +261,26 @@ def test_a_training_killed_mid_stage_resumes_from_its_checkpoint_with_the_same_b
     assert out["stages"]["train"]["metrics"]["test_loss"] == fresh["stages"]["train"]["metrics"]["test_loss"]
 
 
-def test_force_discards_a_checkpoint_left_by_a_killed_run(cli, pipeline, monkeypatch):
+def interrupt_after_first_checkpoint(cli, path: str, monkeypatch) -> None:
+    """Run ``path`` as if the process were killed right after its first checkpoint."""
     from nnopt.core.stage import StageContext
 
-    path = pipeline(CHECKPOINTED)
     saved = StageContext.save_checkpoint
 
     def killed(self, state):
         saved(self, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(StageContext, "save_checkpoint", killed)
-    assert cli("run", path).exit_code == 130
-    monkeypatch.setattr(StageContext, "save_checkpoint", saved)
+    with monkeypatch.context() as patch:
+        patch.setattr(StageContext, "save_checkpoint", killed)
+        assert cli("run", path).exit_code == 130
+
+
+def test_force_discards_a_checkpoint_left_by_a_killed_run(cli, pipeline, monkeypatch):
+    from nnopt.core.stage import StageContext
+
+    path = pipeline(CHECKPOINTED)
+    interrupt_after_first_checkpoint(cli, path, monkeypatch)
     steps_seen = []
     original_load = StageContext.load_checkpoint
 
@@ -333,17 +340,7 @@ def test_gc_keeps_what_a_running_pipeline_has_finished(cli, pipeline, monkeypatc
 
 
 def test_gc_keeps_the_checkpoint_of_an_interrupted_stage(cli, pipeline, monkeypatch):
-    from nnopt.core.stage import StageContext
-
-    path = pipeline(CHECKPOINTED)
-    saved = StageContext.save_checkpoint
-
-    def killed(self, state):
-        saved(self, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(StageContext, "save_checkpoint", killed)
-    assert cli("run", path).exit_code == 130
+    interrupt_after_first_checkpoint(cli, pipeline(CHECKPOINTED), monkeypatch)
     cli("gc")
     assert list((cli.store / "tmp").glob("*/checkpoint.json"))
     cli("gc", "--keep-last", "0")  # nothing kept: the checkpoint goes too
