@@ -12,6 +12,7 @@ from __future__ import annotations
 import graphlib
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -191,6 +192,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
 
 
 def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """The stages in file order, each moved after the stages it reads (no cycles here)."""
     done: list[str] = []
     pending = list(ids)
     while pending:
@@ -201,8 +203,6 @@ def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
 
 
 def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]):
-    import re
-
     path: Path = ("stages", sid)
     if not re.match(STAGE_ID_PATTERN, sid):
         problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stage ids may use letters, digits, _ and - only"))

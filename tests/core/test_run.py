@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from conftest import TINY
 
 
@@ -348,7 +347,6 @@ def test_gc_keeps_the_checkpoint_of_an_interrupted_stage(cli, pipeline, monkeypa
 
 
 def test_a_run_beside_a_live_run_makes_its_openmp_threads_wait_passively(cli, pipeline, monkeypatch):
-    import os
     import socket
 
     from nnopt.core.store import Store
@@ -365,7 +363,6 @@ def test_a_run_beside_a_live_run_makes_its_openmp_threads_wait_passively(cli, pi
 
 
 def test_an_openmp_wait_policy_the_user_set_is_left_alone(cli, pipeline, monkeypatch):
-    import os
     import socket
 
     from nnopt.core.store import Store
