@@ -13,6 +13,7 @@ a stage that fails leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -241,9 +242,7 @@ def _nnopt_version() -> dict[str, Any]:
     out: dict[str, Any] = {"version": __version__}
     here = Path(__file__).resolve().parents[2]
     if (here / ".git").exists():
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):  # no git here: no commit to name
             out["git_commit"] = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                                                text=True, timeout=5).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            pass
     return out

@@ -11,9 +11,6 @@ DIR`` in this process (click's CliRunner: torch is imported once, not once per r
   ``FILE:LINE:COL: dotted.path: message (did you mean 'x'?)``, then ``N error(s); nothing was run``;
 - print no traceback (and need no ``--debug`` for the message) and nothing on stdout;
 - under ``run``, leave no store directory behind.
-
-Rows marked xfail are what a user should see but the engine does not do yet (see their
-reasons); they are strict, so fixing the engine makes them fail until the mark is removed.
 """
 
 from __future__ import annotations
@@ -85,7 +82,6 @@ class Row:
     spec: str
     expected: list[tuple[int | str, str, str, str | None]]
     sets: list[str] = field(default_factory=list)
-    xfail: str | None = None
 
 
 ROWS = [
@@ -218,9 +214,8 @@ ROWS = [
 
 def _params():
     for row in ROWS:
-        marks = [pytest.mark.xfail(strict=True, reason="engine: " + row.xfail)] if row.xfail else []
         for command in ("validate", "run"):
-            yield pytest.param(row, command, id=f"{row.id}-{command}", marks=marks)
+            yield pytest.param(row, command, id=f"{row.id}-{command}")
 
 
 DIAG = re.compile(r"^(?P<path>.+?): (?P<message>.*?)(?: \(did you mean '(?P<hint>[^']*)'\?\))?$")
@@ -315,13 +310,13 @@ def test_1e_minus_3_is_read_as_a_float():
 
 # ------------------------------------------------------------------ matrix keys
 def test_unknown_matrix_path_is_an_error_at_the_matrix(invoke, write_pipeline, store):
-    """What works today of the xfailed matrix rows: exit 2, located on the matrix line, with a
-    suggestion, nothing written (the row itself also wants one line, not one per value)."""
+    """Exit 2, located once at the matrix key (not once per value), with a suggestion,
+    nothing written."""
     path = write_pipeline(edit("    analyzers: [grad_norms]\n", "    analyzers: [grad_norms]\nmatrix:\n  stages.trian.optimizer.name: [sgd, adam]\n"))
     result = invoke("run", str(path), "--store", str(store))
     assert result.exit_code == 2, result
     diags, _ = parse_diagnostics(result.stderr, str(path))
-    assert diags and all(d["line"] == 17 and d["path"] == "stages.trian" and d["hint"] == "train" for d in diags), result
+    assert [(d["line"], d["path"], d["hint"]) for d in diags] == [(17, "stages.trian", "train")], result
     assert not store.exists()
 
 

@@ -18,9 +18,9 @@ def build_fused_if_supported(
     raises if it cannot; the optimizer is then built with torch's default (``foreach``).
     """
     params = list(params)  # may be a generator: it is consumed at most twice
-    if torch.device(device).type in fused_on:
-        try:
-            return cls(params, fused=True, **options)
-        except (RuntimeError, ValueError, TypeError):
-            pass
-    return cls(params, **options)
+    if torch.device(device).type not in fused_on:
+        return cls(params, **options)
+    try:
+        return cls(params, fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):  # torch cannot fuse these parameters
+        return cls(params, **options)
