@@ -175,17 +175,21 @@ class Store:
         write_json(path, record, sort_keys=False)  # stages stay in run order
         return path
 
-    def runs(self, corrupt: list[Path] | None = None) -> list[dict[str, Any]]:
+    def runs(self, corrupt: list[Path] | None = None, within_s: float | None = None) -> list[dict[str, Any]]:
         """Every readable run record, oldest first; unreadable ones are appended to ``corrupt``.
+        ``within_s``: only records written in the last so many seconds.
 
         A record left ``running`` by a process that no longer exists reads as ``stopped``.
         """
         base = self.root / "runs"
         if not base.is_dir():
             return []
+        horizon = None if within_s is None else time.time() - within_s
         records = []
         for p in base.glob("*.json"):
             try:
+                if horizon is not None and p.stat().st_mtime < horizon:
+                    continue
                 record = read_json(p)
                 if not isinstance(record, dict) or not isinstance(record.get("run"), str) or not isinstance(record.get("stages"), dict):
                     raise ValueError("not a run record")
@@ -199,22 +203,8 @@ class Store:
         return sorted(records, key=lambda r: (r.get("started") or 0, r["run"]))
 
     def live_runs(self, within_s: float = 7 * 86400) -> list[str]:
-        """Ids of runs in progress now (records written in the last ``within_s`` seconds)."""
-        base = self.root / "runs"
-        if not base.is_dir():
-            return []
-        horizon = time.time() - within_s
-        live = []
-        for p in base.glob("*.json"):
-            try:
-                if p.stat().st_mtime < horizon:
-                    continue
-                record = read_json(p)
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict) and record.get("status") == "running" and run_is_live(record):
-                live.append(str(record.get("run")))
-        return live
+        """Ids of runs in progress now (their records written in the last ``within_s`` seconds)."""
+        return [r["run"] for r in self.runs(within_s=within_s) if r["status"] == "running"]
 
     def remove_run(self, run_id: str) -> None:
         (self.root / "runs" / f"{run_id}.json").unlink(missing_ok=True)

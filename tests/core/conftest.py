@@ -30,6 +30,11 @@ stages:
 """
 
 
+def statuses(out: dict) -> dict[str, str]:
+    """``{stage id: status}`` of one ``run --json`` object."""
+    return {sid: s["status"] for sid, s in out["stages"].items()}
+
+
 class Cli:
     """Runs ``nnopt`` in this process (torch is imported once for the whole session)."""
 

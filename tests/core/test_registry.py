@@ -63,6 +63,14 @@ def run_once(args: list, env: dict[str, str], cwd: Path):
                           capture_output=True, text=True, timeout=180)
 
 
+def run_pipeline_once(text: str, env: dict[str, str], tmp_path_factory, name: str):
+    """(pipeline path, store, result) of one ``nnopt run`` of ``text``, for module fixtures."""
+    root = tmp_path_factory.mktemp(name)
+    path = root / "pipeline.yaml"
+    path.write_text(text)
+    return path, root / "store", run_once(["run", path, "--store", root / "store"], env, root)
+
+
 def listing(stdout: str) -> list[tuple[str, str, str]]:
     """``nnopt list`` lines as (kind, name, rest): rest is the provider and any conflict mark."""
     rows = []
@@ -516,10 +524,7 @@ def test_clash_is_marked_by_list(run_cli, clash_env):
 @pytest.fixture(scope="module")
 def clash_run(clash_env, tmp_path_factory):
     """``nnopt run`` of a pipeline using ``sgd`` with the clash plugin installed (run once)."""
-    root = tmp_path_factory.mktemp("clash-run")
-    path = root / "pipeline.yaml"
-    path.write_text(tiny())
-    return path, root / "store", run_once(["run", path, "--store", root / "store"], clash_env, root)
+    return run_pipeline_once(tiny(), clash_env, tmp_path_factory, "clash-run")
 
 
 def test_clash_fails_a_pipeline_using_the_name_naming_both_distributions(clash_run):
@@ -581,10 +586,7 @@ def test_broken_plugin_does_not_break_pipelines_not_using_it(run_cli, broken_env
 @pytest.fixture(scope="module")
 def broken_run(broken_env, tmp_path_factory):
     """``nnopt run`` of a pipeline using ``broken_probe`` (run once)."""
-    root = tmp_path_factory.mktemp("broken-run")
-    path = root / "pipeline.yaml"
-    path.write_text(BROKEN_PIPELINE)
-    return path, root / "store", run_once(["run", path, "--store", root / "store"], broken_env, root)
+    return run_pipeline_once(BROKEN_PIPELINE, broken_env, tmp_path_factory, "broken-run")
 
 
 def test_broken_plugin_fails_pipelines_using_it_naming_plugin_and_distribution(broken_run):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, statuses
 
 #: a train stage of 4 steps on a 128-sample Gaussian mixture: a fraction of a second
 SMALL = """\
@@ -37,10 +37,6 @@ stages:
 """
 #   1 name   2 seed   3 data   4 model:   5 arch   6 loss   7 stages:   8 train:   9 kind
 #  10 optimizer   11 steps
-
-
-def statuses(out: dict) -> dict[str, str]:
-    return {sid: s["status"] for sid, s in out["stages"].items()}
 
 
 def no_crash(result) -> None:

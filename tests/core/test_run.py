@@ -9,11 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import TINY
-
-
-def statuses(out: dict) -> dict[str, str]:
-    return {sid: s["status"] for sid, s in out["stages"].items()}
+from conftest import TINY, statuses
 
 
 def test_set_overrides_are_typed_as_yaml_and_used(cli, pipeline):
