@@ -124,6 +124,7 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
     debug = click_ctx.meta.get("debug", False)
     from nnopt.core import plan_index
     from nnopt.core.registry import Registry
+    from nnopt.core.runner import cached_runs
 
     store = _store(store_dir)
     registry = Registry()
@@ -133,7 +134,7 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
     if not force and not redo:
         entry = plan_index.lookup(store, digest)
         if entry is not None:
-            reports = _cached_reports(store, entry, file)
+            reports = cached_runs(store, entry, file, sys.argv)
             if not as_json:
                 for rep in (s for r in reports for s in r.stages):
                     click.echo(f"  {_stage_line(rep)}", err=True)
@@ -143,7 +144,7 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
     from nnopt.core.runner import new_run_id, run_plan
 
     plans = load_plans(file, list(sets), registry)
-    _check_redo(plans, redo, file)
+    _check_redo(plans, redo)
     show = (lambda rep: None) if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
     reports = []
     invocation = new_run_id(plans[0].name)
@@ -173,29 +174,13 @@ def _require_file(file: str) -> None:
         raise SpecError([Diagnostic(Location(file), "", "no such pipeline file")])
 
 
-def _check_redo(plans, redo: tuple[str, ...], file: str) -> None:
+def _check_redo(plans, redo: tuple[str, ...]) -> None:
     from nnopt.core.errors import Diagnostic, Location, SpecError, did_you_mean
 
     ids = {s.id for p in plans for s in p.stages}
     bad = [Diagnostic(Location(f"--redo {r}"), r, "no such stage in this pipeline", did_you_mean(r, ids)) for r in redo if r not in ids]
     if bad:
         raise SpecError(bad)
-
-
-def _cached_reports(store, entry: dict[str, Any], file: str):
-    import time
-
-    from nnopt.core.runner import RunReport, new_run_id, record_run, stored_report
-
-    reports = []
-    invocation = new_run_id(entry["pipeline"])
-    for run in entry["runs"]:
-        started = time.time()
-        report = RunReport(entry["pipeline"], new_run_id(entry["pipeline"]), run["params"],
-                           [stored_report(store, s["id"], s["key"]) for s in run["stages"]], invocation)
-        record_run(store, report, file, sys.argv, started)
-        reports.append(report)
-    return reports
 
 
 def _finish(reports, as_json: bool, pipeline: str) -> None:

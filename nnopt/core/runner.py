@@ -104,6 +104,20 @@ def record_run(store: Store, report: RunReport, file: str, argv: list[str], star
     })
 
 
+def cached_runs(store: Store, entry: dict[str, Any], file: str, argv: list[str]) -> list[RunReport]:
+    """The runs of a plan-index hit (``plan_index.lookup``), read from the store and recorded
+    like any other run: every stage is complete, so nothing is computed (or imported)."""
+    invocation = new_run_id(entry["pipeline"])
+    reports = []
+    for run in entry["runs"]:
+        started = time.time()
+        report = RunReport(entry["pipeline"], new_run_id(entry["pipeline"]), run["params"],
+                           [stored_report(store, s["id"], s["key"]) for s in run["stages"]], invocation)
+        record_run(store, report, file, argv, started)
+        reports.append(report)
+    return reports
+
+
 def run_plan(
     plan: Plan,
     store: Store,
