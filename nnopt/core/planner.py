@@ -127,13 +127,12 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         _check_fields_alone(PipelineSpec, data, err, (), source, registry, problems)
         pipeline = None
     raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
-    providers: dict[str, str] = {}
     if pipeline is not None:
         for part in INHERITED:
-            resolve_components(getattr(pipeline, part), (part,), source, registry, problems, providers)
+            resolve_components(getattr(pipeline, part), (part,), source, registry, problems)
     stage_specs: dict[str, tuple[type[Stage], StageSpec]] = {}
     for sid, raw in raw_stages.items():
-        checked = _validate_stage(str(sid), raw, source, registry, problems, providers)
+        checked = _validate_stage(str(sid), raw, source, registry, problems)
         if checked is not None:
             stage_specs[str(sid)] = checked
     planned: dict[str, PlannedStage] = {}
@@ -175,7 +174,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
                 path = ("stages", sid)
                 problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path + (part,)),
                                         f"stage kind '{st.kind}' needs '{part}': give it here, in the stage it starts from, or at the top of the file"))
-        st.providers = _providers_of(st, providers)
+        st.providers = _providers_of(st, registry)
     if problems:
         return None
 
@@ -202,7 +201,7 @@ def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
     return done
 
 
-def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]):
+def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems):
     path: Path = ("stages", sid)
     if not re.match(STAGE_ID_PATTERN, sid):
         problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stage ids may use letters, digits, _ and - only"))
@@ -221,12 +220,11 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
             problems.add(Diagnostic(source.locate(path), dotted(path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
         return None
     try:
-        cls, entry = registry.load("stages", kind)
+        cls, _ = registry.load("stages", kind)
     except PluginError as err:
         message = err.message.replace("unknown stage ", "unknown stage kind ")
         problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), message, err.suggestion))
         return None
-    providers[f"stages/{kind}"] = entry.provider
     try:
         spec = cls.Params.model_validate(raw)
     except ValidationError as err:
@@ -234,7 +232,7 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
             problems.add(diag)
         _check_fields_alone(cls.Params, raw, err, path, source, registry, problems)
         return None
-    resolve_components(spec, path, source, registry, problems, providers)
+    resolve_components(spec, path, source, registry, problems)
     return cls, spec
 
 
@@ -251,16 +249,16 @@ def _check_fields_alone(model: type[BaseModel], raw: dict[str, Any], err: Valida
             value = TypeAdapter(info.annotation).validate_python(raw[key])
         except ValidationError:
             continue
-        resolve_components(value, path + (key,), source, registry, problems, {})
+        resolve_components(value, path + (key,), source, registry, problems)
 
 
-def resolve_components(obj: Any, path: Path, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]) -> None:
+def resolve_components(obj: Any, path: Path, source: Source, registry: Registry, problems: Problems) -> None:
     """Resolve every component reference in ``obj`` (recursively, params included)."""
     for ref_path, ref in _find(obj, path, ComponentRef):
-        _resolve_ref(ref, ref_path, source, registry, problems, providers)
+        _resolve_ref(ref, ref_path, source, registry, problems)
 
 
-def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Registry, problems: Problems, providers: dict[str, str]) -> None:
+def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Registry, problems: Problems) -> None:
     name_path = path + ("name",) if (path + ("name",)) in source.values else path
     try:
         cls, entry = registry.load(ref.kind, ref.name)
@@ -278,8 +276,7 @@ def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Regist
             problems.add(diag)
         return
     ref.resolve(cls, params, entry.provider)
-    providers[f"{ref.kind}/{ref.name}"] = entry.provider
-    resolve_components(params, path, source, registry, problems, providers)
+    resolve_components(params, path, source, registry, problems)
 
 
 def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:
@@ -324,12 +321,16 @@ def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Sta
     return None
 
 
-def _providers_of(st: PlannedStage, providers: dict[str, str]) -> dict[str, str]:
-    used = {f"stages/{st.kind}"}
-    for part in (st.spec, st.data, st.model, st.loss):
-        for _, ref in _find(part, (), ComponentRef):
-            used.add(f"{ref.kind}/{ref.name}")
-    return {k: providers[k] for k in sorted(used) if k in providers}
+def _components(st: PlannedStage) -> list[ComponentRef]:
+    """Every resolved component a stage uses: in its spec and in its effective inputs."""
+    return [ref for part in (st.spec, st.data, st.model, st.loss) for _, ref in _find(part, (), ComponentRef) if ref.is_resolved]
+
+
+def _providers_of(st: PlannedStage, registry: Registry) -> dict[str, str]:
+    """``{"kind/name": "distribution version"}`` of the stage kind and every component used."""
+    used = {f"stages/{st.kind}": registry.entry("stages", st.kind).provider}
+    used.update({f"{ref.kind}/{ref.name}": ref.distribution for ref in _components(st)})
+    return dict(sorted(used.items()))
 
 
 def _watched(st: PlannedStage) -> list[str]:
@@ -337,11 +338,9 @@ def _watched(st: PlannedStage) -> list[str]:
     read, and the source file of every component class used (its ``cache_version`` is there,
     and an editable install changes code without changing its version)."""
     files = [inspect.getsourcefile(st.cls) or ""]
-    for part in (st.spec, st.data, st.model, st.loss):
-        for _, ref in _find(part, (), ComponentRef):
-            if ref.is_resolved:
-                files += ref.component.watched_files(ref.resolved)
-                files.append(inspect.getsourcefile(ref.component) or "")
+    for ref in _components(st):
+        files += ref.component.watched_files(ref.resolved)
+        files.append(inspect.getsourcefile(ref.component) or "")
     return [os.path.abspath(f) for f in files if f]
 
 
