@@ -121,6 +121,24 @@ class Store:
             return False
         return isinstance(result, dict) and all((d / rel).is_file() for rel in artifacts)
 
+    def damaged_artifacts(self, key: str) -> list[str]:
+        """Artifacts of a complete stage whose bytes no longer match the manifest's SHA-256
+        (or that are missing), by relative path; ``[]`` for an intact stage. Reads every
+        artifact in full: call it where a stage's outputs are about to be *used*."""
+        d = self.stage_dir(key)
+        try:
+            artifacts = read_json(d / "manifest.json")["artifacts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ["manifest.json"]
+        bad = []
+        for rel, checksum in sorted(artifacts.items()):
+            try:
+                if sha256_file(d / rel) != checksum:
+                    bad.append(rel)
+            except OSError:
+                bad.append(rel)
+        return bad
+
     def find_stage(self, prefix: str) -> list[str]:
         """Keys of stored stages starting with ``prefix`` (at least 4 hex digits)."""
         if len(prefix) < 4 or not all(c in "0123456789abcdef" for c in prefix):
