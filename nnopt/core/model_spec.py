@@ -44,11 +44,12 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         normalizer = spec.norm.instantiate() if spec.norm is not None else Normalizer()
-        model = spec.arch.instantiate().build(tuple(data.input_shape), int(data.output_dim), normalizer)
+        arch = spec.arch.instantiate()
+        model = arch.build(tuple(data.input_shape), int(data.output_dim), normalizer)
     model = model.to(device)
     if initialize and spec.init is not None:
         sample_inputs = _sampler(data, generator, device)
-        spec.init.instantiate().initialize(model, sample_inputs, generator)
+        spec.init.instantiate().initialize(model, sample_inputs, generator, activation=arch.activation())
     return model
 
 

@@ -16,31 +16,43 @@ from nnopt.core.kinds import Activation
 
 
 class _Elementwise(Activation):
-    """An activation that is exactly ``module(**params)``."""
+    """An activation that is exactly ``module(**params)``. ``torch_gain`` names its gain in
+    ``torch.nn.init.calculate_gain`` where torch has one; the others use the second-moment
+    gain of ``Activation.gain``."""
 
     cache_version: ClassVar[int] = 1
     module: ClassVar[type[nn.Module]]
+    torch_gain: ClassVar[str | None] = None
 
     def build(self) -> nn.Module:
         return self.module(**self.params.model_dump())
+
+    def gain(self) -> float:
+        if self.torch_gain is None:
+            return super().gain()
+        param = self.params.model_dump().get("negative_slope")
+        return float(nn.init.calculate_gain(self.torch_gain, param))
 
 
 class ReLU(_Elementwise):
     """φ(x) = max(x, 0), the rectifier (Glorot et al. 2011; survey §4.2, ref. [76])."""
 
     module = nn.ReLU
+    torch_gain = "relu"
 
 
 class Tanh(_Elementwise):
     """φ(x) = tanh(x) = 2 / (1 + e^{−2x}) − 1 (survey §4.2)."""
 
     module = nn.Tanh
+    torch_gain = "tanh"
 
 
 class Sigmoid(_Elementwise):
     """φ(x) = 1 / (1 + e^{−x}), the logistic function (LeCun et al.'s setting, survey §4.2)."""
 
     module = nn.Sigmoid
+    torch_gain = "sigmoid"
 
 
 class GELUParams(Params):
@@ -60,6 +72,7 @@ class Linear(_Elementwise):
     """φ(x) = x, the identity: a deep *linear* network (survey §2.2, §6.3.1)."""
 
     module = nn.Identity
+    torch_gain = "linear"
 
 
 class LeakyReLUParams(Params):
@@ -71,6 +84,7 @@ class LeakyReLU(_Elementwise):
 
     Params = LeakyReLUParams
     module = nn.LeakyReLU
+    torch_gain = "leaky_relu"
 
 
 class ELUParams(Params):
@@ -99,3 +113,4 @@ class SELU(_Elementwise):
     """φ(x) = λ·ELU_α(x), λ ≈ 1.0507, α ≈ 1.6733: self-normalizing (Klambauer et al. 2017)."""
 
     module = nn.SELU
+    torch_gain = "selu"

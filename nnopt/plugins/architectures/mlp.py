@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from nnopt.core.component import Params, ref_type
-from nnopt.core.kinds import Architecture, Normalizer
+from nnopt.core.kinds import Activation, Architecture, Normalizer
 
 
 class MLPParams(Params):
@@ -54,3 +54,6 @@ class MLP(Architecture):
             fan_in = width
         layers["output"] = normalizer.parametrize(nn.Linear(fan_in, output_dim, bias=p.bias))
         return nn.Sequential(layers)
+
+    def activation(self) -> Activation:
+        return self.params.activation.instantiate()

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from nnopt.core.component import OptimizerRef, ScheduleRef, TrackRef
 from nnopt.core.errors import StageError
-from nnopt.core.kinds import AnalysisContext, Analyzer
+from nnopt.core.loop import CheckpointClock, LoopCallback, LoopResult, TrainLoop
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
-from ._common import derived_generator, draw_plots, evaluate, fork_rng, seed_everything, unique_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-
-@dataclass
-class _Tracked:
-    """One ``track`` entry while training: its analyzer, its own random stream, its results."""
-
-    ref: TrackRef  # type: ignore[valid-type]
-    key: str  # its name, or name_2, name_3, ... for a repeated name
-    analyzer: Analyzer
-    generator: "torch.Generator"
-    series: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+from ._common import draw_plots, evaluate, seed_everything
+from .param_groups import ParamGroup, build_param_groups, check_group_options
+from .train_callbacks import GradClip, KeepWeights, Progress, TrackAnalyzers
 
 
 class TrainSpec(StageSpec):
@@ -72,6 +58,11 @@ class TrainSpec(StageSpec):
         description="steps between resumable checkpoints (None: by time, see checkpoint_minutes); a killed run "
         "resumes from the last one with bitwise the same result",
     )
+    param_groups: list[ParamGroup] = Field(
+        default_factory=list,
+        description="per-parameter options, e.g. [{params: [bias, norm], weight_decay: 0.0}]: each parameter joins "
+        "the first group selecting it, the rest keep the optimizer's own options",
+    )
     checkpoint_minutes: float = Field(
         5.0, gt=0, json_schema_extra={"affects_results": False},
         description="minutes of training between resumable checkpoints when checkpoint_every is not given",
@@ -104,7 +95,12 @@ class Train(Stage):
     the survey describes practice, the train split is shuffled at the start of every epoch (by
     a generator seeded from the stage seed) and cut into batches of ``batch_size``, the last
     one possibly smaller. With ``grad_clip: c`` the gradient is first rescaled to norm at most
-    ``c`` (gradient clipping, survey §4.1).
+    ``c`` (gradient clipping, survey §4.1). ``param_groups`` give chosen parameters their own
+    weight decay or learning-rate scale (e.g. no decay on biases and normalization layers).
+
+    The loop is ``nnopt.core.loop.TrainLoop``; keeping weights, tracking, clipping and the
+    progress bar are its callbacks, and ``callbacks(ctx, ...)`` is the extension point a
+    subclass (or a later feature: masks, mixed precision) adds its own through.
 
     Outputs: ``weights/final`` (θ_T) and ``weights/step_N`` for every ``N`` in ``keep`` (θ_N,
     so ``N = 0`` is the initialization); ``metrics.jsonl`` with the mean train loss of every
@@ -122,7 +118,7 @@ class Train(Stage):
     """
 
     Params: ClassVar[type[TrainSpec]] = TrainSpec
-    cache_version: ClassVar[int] = 1
+    cache_version: ClassVar[int] = 2
     needs: ClassVar[frozenset[str]] = frozenset({"data", "model", "loss"})
     provides_weights: ClassVar[bool] = True
 
@@ -131,7 +127,17 @@ class Train(Stage):
     def kept_steps(self) -> set[int]:
         return set(self.params.keep)
 
-    def run(self, ctx: StageContext) -> StageOutcome:  # noqa: C901 - one hot loop, kept in one place
+    def callbacks(self, ctx: StageContext, model: Any, loss_fn: Any, device: Any) -> list[LoopCallback]:
+        """The loop's callbacks for this stage, in the order their hooks run."""
+        spec = self.params
+        out: list[LoopCallback] = [KeepWeights(ctx, set(spec.keep))]
+        if spec.track:
+            out.append(TrackAnalyzers(ctx, spec.track, ctx.seed, loss_fn, device))
+        if spec.grad_clip is not None:
+            out.append(GradClip([p for p in model.parameters() if p.requires_grad], spec.grad_clip))
+        return out
+
+    def run(self, ctx: StageContext) -> StageOutcome:
         import torch
 
         spec = self.params
@@ -149,222 +155,60 @@ class Train(Stage):
         batch_size = min(ctx.batch_size or n, n)
         per_epoch = math.ceil(n / batch_size)
         total = spec.steps if spec.steps is not None else spec.epochs * per_epoch  # type: ignore[operator]
-        keep = set(spec.keep)
-        late = sorted(k for k in keep if k > total)
+        late = sorted(k for k in spec.keep if k > total)
         if late:
             raise StageError(f"keep step {late[0]} is beyond the {total} steps this stage trains")
 
         opt_component = spec.optimizer.instantiate()
-        optimizer = opt_component.build(model.parameters(), device)
+        params = build_param_groups(model, spec.param_groups, opt_component.params.model_dump())
+        optimizer = opt_component.build(params, device)
+        check_group_options(optimizer, spec.param_groups)
         schedule = spec.schedule.instantiate().build(optimizer, total)
-        needs_closure = opt_component.needs_closure
-        clip = spec.grad_clip
-        clip_params = [p for p in model.parameters() if p.requires_grad]
-        log_every = spec.log_every
-        eval_every = spec.eval_every or per_epoch
         eval_batch = max(batch_size, 1024)
-
-        # each tracked analyzer draws from a random stream of its own, apart from the shuffling
-        tracks: list[_Tracked] = []
-        for i, ref in enumerate(spec.track):
-            key = unique_key(ref.name, {t.key for t in tracks})
-            tracks.append(_Tracked(ref, key, ref.instantiate(), derived_generator(ctx.seed, 1 + i)))
-        shuffle = torch.Generator(device="cpu").manual_seed(ctx.seed)
-        x_train, y_train = data.x_train, data.y_train
-
-        train_curve: list[tuple[int, float]] = []
-        test_curve: list[tuple[int, float]] = []
-        window: list[torch.Tensor] = []  # detached losses since the last sync: no per-step host sync
-        window_start = 0
-        last_finite: float | None = None
-        test: dict[str, float] = {}  # the latest evaluation on the test split
-        xs = ys = x_train
-        step = 0
-        zero_grad, opt_step, sched_step = optimizer.zero_grad, optimizer.step, schedule.step
-        clip_norm = torch.nn.utils.clip_grad_norm_
-
-        def outcome_diverged(at: int, value: float, last: float | None) -> StageOutcome:
-            seconds = time.perf_counter() - t0
-            ctx.log_metrics({"step": at, "epoch": at / per_epoch, "loss": value, "diverged": True})
-            self._plots(ctx, train_curve, test_curve, tracks)
-            return StageOutcome(
-                status="diverged",
-                metrics={
-                    "diverged_at_step": at,
-                    "last_finite_loss": last,
-                    "steps": at,
-                    "epochs": at / per_epoch,
-                    "seconds": seconds,
-                },
-                message=f"training loss became {value} at step {at} (last finite loss: {last})",
-            )
-
-        def scan(values: list[float]) -> int | None:
-            for i, v in enumerate(values):
-                if not math.isfinite(v):
-                    return i
-            return None
-
-        perm = None
-        elapsed = 0.0
-        state = ctx.load_checkpoint()
-        if state is not None:  # a killed run of this very stage saved this: continue from it
-            step, window_start, last_finite, elapsed = state["step"], state["step"], state["last_finite"], state["seconds"]
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            shuffle.set_state(state["shuffle"])
-            torch.set_rng_state(state["torch_rng"])
-            train_curve, test_curve, test = state["train_curve"], state["test_curve"], state["test"]
-            for t, (gen, series) in zip(tracks, state["tracks"]):
-                t.generator.set_state(gen)
-                t.series[:] = series
-            if step % per_epoch:
-                perm = state["perm"].to(x_train.device)
-                xs, ys = x_train[perm], y_train[perm]
-        checkpoint_due = _CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, step)
-
+        callbacks = self.callbacks(ctx, model, loss_fn, device)
         with ctx.progress(total, f"train {ctx.stage_id}") as bar:
-            t0 = time.perf_counter() - elapsed
-            bar.update(step)
-            while step < total:
-                b = step % per_epoch
-                if b == 0:  # a new epoch: one gather per epoch, then every batch is a view
-                    perm = torch.randperm(n, generator=shuffle).to(x_train.device)
-                    xs, ys = x_train[perm], y_train[perm]
-                start = b * batch_size
-                xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+            loop = TrainLoop(
+                ctx, model, optimizer, schedule, loss_fn, data, total=total, batch_size=batch_size, shuffle_seed=ctx.seed,
+                evaluate=lambda m: evaluate(m, loss_fn, data.x_test, data.y_test, classification, eval_batch),
+                log_every=spec.log_every, eval_every=spec.eval_every, callbacks=[*callbacks, Progress(bar)],
+                step_rule=opt_component.step_rule(),
+            )
+            state = ctx.load_checkpoint()
+            if state is not None:  # a killed run of this very stage saved this: continue from it
+                loop.load_state_dict(state)
+            loop.checkpoint_due = CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, loop.step)
+            result = loop.run()
+        tracks = next((cb.tracks for cb in callbacks if isinstance(cb, TrackAnalyzers)), [])
+        if result.status == "diverged":
+            return self._diverged(ctx, loop, result, tracks)
 
-                if step in keep:
-                    ctx.save_weights(model.state_dict(), step=step)
-                if tracks:
-                    self._track(ctx, tracks, step, model, loss_fn, data, device, (xb, yb))
-
-                if needs_closure:
-                    loss = self._closure_step(optimizer, model, loss_fn, xb, yb, clip_params, clip)
-                else:
-                    zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    if clip is not None:
-                        clip_norm(clip_params, clip)
-                    opt_step()
-                window.append(loss.detach())
-                step += 1
-
-                evaluating = step % eval_every == 0 or step == total
-                flushing = len(window) == log_every or step == total
-                # evaluation syncs anyway: check the pending losses first, so that a stage never
-                # goes on (or evaluates) past a non-finite loss it could have seen
-                if flushing or evaluating:
-                    values = torch.stack(window).tolist()
-                    bad = scan(values)
-                    if bad is not None:
-                        last = values[bad - 1] if bad > 0 else last_finite
-                        return outcome_diverged(window_start + bad, values[bad], last)
-                if flushing:
-                    last_finite = values[-1]
-                    mean = math.fsum(values) / len(values)
-                    ctx.log_metrics(
-                        {
-                            "step": step,
-                            "epoch": step / per_epoch,
-                            "loss": mean,
-                            "lr": float(optimizer.param_groups[0]["lr"]),
-                            "seconds": time.perf_counter() - t0,
-                        }
-                    )
-                    train_curve.append((step, mean))
-                    bar.update(len(values), loss=mean)
-                    window = []
-                    window_start = step
-                if evaluating:
-                    test = evaluate(model, loss_fn, data.x_test, data.y_test, classification, eval_batch)
-                    if test:
-                        ctx.log_metrics(
-                            {"step": step, "epoch": step / per_epoch, **{f"test_{k}": v for k, v in test.items()}}
-                        )
-                        test_curve.append((step, test["loss"]))
-                sched_step()  # after logging, so that "lr" is the rate the logged steps used
-                if not window and step < total and checkpoint_due(step):
-                    ctx.save_checkpoint({
-                        "step": step, "last_finite": last_finite, "seconds": time.perf_counter() - t0,
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "shuffle": shuffle.get_state(),
-                        "torch_rng": torch.get_rng_state(), "perm": perm.cpu() if perm is not None else None,
-                        "train_curve": train_curve, "test_curve": test_curve, "test": test,
-                        "tracks": [(t.generator.get_state(), t.series) for t in tracks],
-                    })
-        seconds = time.perf_counter() - t0
-
-        train = evaluate(model, loss_fn, x_train, y_train, classification, eval_batch)
+        train = evaluate(model, loss_fn, data.x_train, data.y_train, classification, eval_batch)
         if not math.isfinite(train["loss"]):
-            return outcome_diverged(total, train["loss"], last_finite)
-        if total in keep:
-            ctx.save_weights(model.state_dict(), step=total)
+            return self._diverged(ctx, loop, LoopResult("diverged", total, result.seconds, total, train["loss"],
+                                                        loop.last_finite), tracks)
         ctx.save_weights(model.state_dict(), step=None)
-        self._plots(ctx, train_curve, test_curve, tracks)
+        self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
 
         metrics: dict[str, Any] = {f"train_{k}": v for k, v in train.items()}
-        metrics.update({f"test_{k}": v for k, v in test.items()})  # the loop evaluates at the last step
-        metrics.update(
-            {
-                "steps": total,
-                "epochs": total / per_epoch,
-                "seconds": seconds,
-                "steps_per_second": total / seconds if seconds > 0 else None,
-            }
-        )
+        metrics.update({f"test_{k}": v for k, v in loop.test.items()})  # the loop evaluates at the last step
+        metrics.update({
+            "steps": total,
+            "epochs": total / per_epoch,
+            "seconds": result.seconds,
+            "steps_per_second": total / result.seconds if result.seconds > 0 else None,
+        })
         return StageOutcome(metrics=metrics)
 
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _closure_step(optimizer, model, loss_fn, xb, yb, clip_params, clip) -> "torch.Tensor":
-        """One step of an optimizer that re-evaluates the loss (L-BFGS, line searches)."""
-        import torch
-
-        first: list[torch.Tensor] = []
-
-        def closure() -> "torch.Tensor":
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(clip_params, clip)
-            if not first:
-                first.append(loss.detach())
-            return loss
-
-        out = optimizer.step(closure)
-        # The loss at the weights before the step, as for every other optimizer.
-        if isinstance(out, torch.Tensor):
-            return out.detach().reshape(())
-        return first[0] if first else torch.as_tensor(float("nan"))
-
-    @staticmethod
-    def _track(ctx, tracks, step, model, loss_fn, data, device, batch) -> None:
-        for t in tracks:
-            if step % t.ref.every:
-                continue
-            with fork_rng(device):
-                model.eval()
-                try:
-                    results = t.analyzer.analyze(
-                        AnalysisContext(
-                            model=model,
-                            loss_fn=loss_fn,
-                            data=data,
-                            device=device,
-                            generator=t.generator,
-                            step=step,
-                            batch=batch,
-                            load_model=ctx.load_model,
-                        )
-                    )
-                finally:
-                    model.train()
-            t.series.append((step, results))
-            ctx.log_metrics({"step": step, "track": t.key, **results})
+    def _diverged(self, ctx: StageContext, loop: TrainLoop, result: LoopResult, tracks: list) -> StageOutcome:
+        at, per_epoch = result.diverged_at, loop.per_epoch
+        ctx.log_metrics({"step": at, "epoch": at / per_epoch, "loss": result.value, "diverged": True})
+        self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
+        return StageOutcome(
+            status="diverged",
+            metrics={"diverged_at_step": at, "last_finite_loss": result.last_finite, "steps": at,
+                     "epochs": at / per_epoch, "seconds": result.seconds},
+            message=f"training loss became {result.value} at step {at} (last finite loss: {result.last_finite})",
+        )
 
     @staticmethod
     def _plots(ctx, train_curve, test_curve, tracks) -> list[Path]:
@@ -393,20 +237,3 @@ def plot_loss(train_curve: list[tuple[int, float]], test_curve: list[tuple[int, 
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
     return save(fig, path)
-
-
-class _CheckpointClock:
-    """When to save a resumable checkpoint: every ``every`` steps, else every ``minutes``."""
-
-    def __init__(self, every: int | None, minutes: float, step: int):
-        self.every, self.seconds = every, minutes * 60.0
-        self.last_step, self.last_time = step, time.monotonic()
-
-    def __call__(self, step: int) -> bool:
-        if self.every is not None:
-            due = step - self.last_step >= self.every
-        else:
-            due = time.monotonic() - self.last_time >= self.seconds
-        if due:
-            self.last_step, self.last_time = step, time.monotonic()
-        return due

@@ -40,3 +40,27 @@ def test_build_returns_a_fresh_module_each_call():
 def test_out_of_range_or_unknown_params_are_rejected(cls, params):
     with pytest.raises(ValidationError):
         cls.Params(**params)
+
+
+@pytest.mark.parametrize("name, params", [("gelu", {}), ("elu", {}), ("softplus", {}), ("relu", {}), ("linear", {})])
+def test_the_second_moment_gain_preserves_a_unit_gaussians_second_moment(name, params):
+    """g = (E φ(z)²)^(-1/2), z ~ N(0, 1): checked by Monte Carlo against the quadrature of
+    ``Activation.gain`` (the default every activation without a torch gain uses)."""
+    from nnopt.core.kinds import Activation
+    from nnopt.core.registry import Registry
+
+    cls, _ = Registry().load("activations", name)
+    act = cls(cls.Params(**params))
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = act.build()(z).pow(2).mean().item() ** -0.5
+    assert Activation.gain(act) == pytest.approx(expected, rel=5e-3)
+
+
+def test_activations_with_a_torch_gain_report_torchs():
+    from nnopt.core.registry import Registry
+
+    for name, gain in [("relu", 2**0.5), ("tanh", 5 / 3), ("sigmoid", 1.0), ("linear", 1.0), ("selu", 0.75)]:
+        cls, _ = Registry().load("activations", name)
+        assert cls(cls.Params()).gain() == pytest.approx(gain)
+    cls, _ = Registry().load("activations", "leaky_relu")
+    assert cls(cls.Params(negative_slope=0.2)).gain() == pytest.approx((2 / (1 + 0.04)) ** 0.5)

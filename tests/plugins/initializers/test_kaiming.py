@@ -61,3 +61,52 @@ def test_non_weight_layers_untouched_and_reparametrized_weights_assigned():
     init(nn.Sequential(wn, norm))
     assert torch.equal(norm.weight, torch.ones(8))
     assert wn.weight.var().item() == pytest.approx(2 / 300, rel=0.03)
+
+
+# ------------------------------------------------------------------ the activation's gain
+def _activation(name, **params):
+    from nnopt.core.registry import Registry
+
+    cls, _ = Registry().load("activations", name)
+    return cls(cls.Params(**params))
+
+
+@pytest.mark.parametrize("activation, gain", [
+    ("relu", math.sqrt(2)), ("tanh", 5 / 3), ("linear", 1.0), ("sigmoid", 1.0), ("selu", 3 / 4),
+])
+def test_auto_takes_the_gain_of_the_architectures_activation(activation, gain):
+    layer = nn.Linear(512, 256)
+    KaimingNormal(KaimingNormal.Params()).initialize(layer, lambda: None, torch.Generator().manual_seed(0),
+                                                     activation=_activation(activation))
+    assert layer.weight.var().item() == pytest.approx(gain**2 / 512, rel=0.03)
+
+
+def test_a_named_nonlinearity_overrides_the_activation():
+    layer = nn.Linear(512, 256)
+    KaimingNormal(KaimingNormal.Params(nonlinearity="relu")).initialize(
+        layer, lambda: None, torch.Generator().manual_seed(0), activation=_activation("tanh"))
+    assert layer.weight.var().item() == pytest.approx(2 / 512, rel=0.03)
+
+
+def test_without_a_known_activation_auto_uses_relus_gain():
+    assert KaimingNormal(KaimingNormal.Params()).gain(None) == pytest.approx(math.sqrt(2))
+
+
+def test_a_pipeline_with_tanh_initializes_with_the_tanh_gain():
+    """End to end through the engine's model builder: an MLP under tanh gets 5/3, not √2."""
+    from nnopt.core.kinds import DataSplit
+    from nnopt.core.model_spec import ModelSpec, build_model
+    from nnopt.core.planner import resolve_components
+    from nnopt.core.errors import Problems
+    from nnopt.core.registry import Registry
+    from nnopt.core.yaml_source import Source
+
+    spec = ModelSpec.model_validate(
+        {"arch": {"name": "mlp", "widths": [1024], "activation": "tanh"}, "init": {"name": "kaiming_normal"}})
+    problems = Problems()
+    resolve_components(spec, ("model",), Source({}, "test"), Registry(), problems)
+    assert not problems
+    x = torch.zeros(4, 512)
+    data = DataSplit(x, torch.zeros(4, dtype=torch.long), x, torch.zeros(4, dtype=torch.long), "classification", (512,), 2, 2)
+    model = build_model(spec, data, 0, torch.device("cpu"))
+    assert model.linear1.weight.var().item() == pytest.approx((5 / 3) ** 2 / 512, rel=0.03)
