@@ -28,7 +28,7 @@ class _Group(click.Group):
         if "--debug" in args:
             ctx.meta["debug"] = True
             args = [a for a in args if a != "--debug"]
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, _subcommand_options_last(args, self.commands))
 
     def invoke(self, ctx: click.Context) -> Any:
         from nnopt.core.errors import PluginError, SpecError
@@ -72,6 +72,29 @@ class _Group(click.Group):
                 raise
             click.echo(f"internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_FAILED)
+
+
+#: options that every command taking them accepts anywhere on the line, even before its name
+_ANYWHERE = {"--store": True, "--json": False}  # option -> takes a value
+
+
+def _subcommand_options_last(args: list[str], commands: dict[str, click.Command]) -> list[str]:
+    """``nnopt --store D --json run f.yaml`` → ``nnopt run --store D --json f.yaml``: click reads a
+    subcommand's options only after its name (they may follow its arguments already)."""
+    moved, rest, i = [], [], 0
+    while i < len(args) and args[i] not in commands:
+        a = args[i]
+        name = a.split("=", 1)[0]
+        if name in _ANYWHERE:
+            takes_value = _ANYWHERE[name] and "=" not in a
+            moved += args[i : i + 1 + takes_value]
+            i += 1 + takes_value
+            continue
+        rest.append(a)
+        i += 1
+    if i == len(args) or not moved:  # no subcommand: leave the line for click to report
+        return args
+    return rest + [args[i]] + moved + args[i + 1 :]
 
 
 def _json_error(ctx: click.Context, status: str, **fields: Any) -> None:
@@ -121,50 +144,28 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
     """Validate FILE, plan it, and run every stage that is not cached."""
     click_ctx = click.get_current_context()
     click_ctx.meta["json"] = as_json
-    debug = click_ctx.meta.get("debug", False)
-    from nnopt.core import plan_index
-    from nnopt.core.registry import Registry
-    from nnopt.core.runner import cached_runs
+    from nnopt.core.invocation import run_pipeline
 
     store = _store(store_dir)
-    registry = Registry()
     _require_file(file)
     _share_the_cpu_politely(store)
-    digest = plan_index.index_digest(file, list(sets), registry)
-    if not force and not redo:
-        entry = plan_index.lookup(store, digest)
-        if entry is not None:
-            reports = cached_runs(store, entry, file, sys.argv)
-            if not as_json:
-                for rep in (s for r in reports for s in r.stages):
-                    click.echo(f"  {_stage_line(rep)}", err=True)
-            _finish(reports, as_json, entry["pipeline"])
-
-    from nnopt.core.planner import load_plans
-    from nnopt.core.runner import new_run_id, run_plan
-
-    plans = load_plans(file, list(sets), registry)
-    _check_redo(plans, redo)
-    show = (lambda rep: None) if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
-    reports = []
-    invocation = new_run_id(plans[0].name)
-    for plan in plans:
-        if len(plans) > 1 and not as_json:
-            click.echo(f"{plan.name} {_params_text(plan.params)}", err=True)
-        reports.append(run_plan(plan, store, force=force, redo=set(redo), wait=not no_wait, invocation=invocation,
-                                progress=not no_progress and sys.stderr.isatty(), on_stage=show, debug=debug))
-    if all(s.status in ("ran", "cached", "diverged") for r in reports for s in r.stages):
-        plan_index.save(store, digest, plans)
-    _finish(reports, as_json, plans[0].name)
+    show = None if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
+    cell = None if as_json else (lambda plan: click.echo(f"{plan.name} {_params_text(plan.params)}", err=True))
+    result = run_pipeline(file, list(sets), store, force=force, redo=redo, wait=not no_wait,
+                          progress=not no_progress and sys.stderr.isatty(), debug=click_ctx.meta.get("debug", False),
+                          on_stage=show, on_cell=cell)
+    _finish(result, as_json)
 
 
 def _share_the_cpu_politely(store) -> None:
-    """With another run live in the store, make OpenMP threads wait passively (before torch
-    loads). Spinning threads of two runs on one CPU slowed both 10-100x (2 cores, measured);
-    one passive run among them brings that back to about 3x. Alone, spinning is faster, so
-    it stays the default. An OMP_WAIT_POLICY the user set is left alone."""
-    if "OMP_WAIT_POLICY" not in os.environ and store.live_runs():
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    """Register this run among the machine's live nnopt runs, before torch loads; with others
+    live, its OpenMP threads wait passively (unless the user set OMP_WAIT_POLICY). Runs in
+    any store share this CPU, so ``store`` is not consulted; each stage then takes its share
+    of the cores (``nnopt.core.cpu_share``). Spinning threads of two runs on 2 cores slowed
+    both 10-100x (measured); alone, spinning is fastest, so it stays the default."""
+    from nnopt.core.cpu_share import join
+
+    join()
 
 
 def _require_file(file: str) -> None:
@@ -174,29 +175,16 @@ def _require_file(file: str) -> None:
         raise SpecError([Diagnostic(Location(file), "", "no such pipeline file")])
 
 
-def _check_redo(plans, redo: tuple[str, ...]) -> None:
-    from nnopt.core.errors import Diagnostic, Location, SpecError, did_you_mean
-
-    ids = {s.id for p in plans for s in p.stages}
-    bad = [Diagnostic(Location(f"--redo {r}"), r, "no such stage in this pipeline", did_you_mean(r, ids)) for r in redo if r not in ids]
-    if bad:
-        raise SpecError(bad)
-
-
-def _finish(reports, as_json: bool, pipeline: str) -> None:
+def _finish(result, as_json: bool) -> None:
     if as_json:
-        if len(reports) == 1 and not reports[0].params:
-            click.echo(json.dumps(reports[0].to_json()))
-        else:
-            click.echo(json.dumps({"pipeline": pipeline, "runs": [r.to_json() for r in reports]}))
+        click.echo(json.dumps(result.to_json()))
     else:
         # the stage lines went to stderr as each stage finished; stdout says where results are
-        for r in reports:
+        for r in result.reports:
             click.echo(f"{r.pipeline} {_params_text(r.params)}run {r.run}: {r.status}")
             for s in r.stages:
                 click.echo(f"  {s.id:<14} {s.status:<8} {s.dir or s.message or ''}")
-    failed = any(r.status != "ok" for r in reports)
-    sys.exit(EXIT_FAILED if failed else 0)
+    sys.exit(EXIT_FAILED if result.failed else 0)
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -211,7 +199,7 @@ def _stage_line(rep) -> str:
     numbers = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
     if rep.results and not shown:
         numbers = "results: " + ", ".join(rep.results)
-    extra = f"  ({rep.message})" if rep.message and rep.status in ("failed", "skipped", "diverged") else ""
+    extra = f"  ({rep.message})" if rep.message and rep.status in ("failed", "skipped", "diverged", "ran") else ""
     return f"{rep.id:<14} {rep.status:<8} {rep.seconds:7.2f}s  {numbers}{extra}"
 
 
@@ -222,16 +210,25 @@ def _stage_line(rep) -> str:
 @store_option
 @json_option
 def plan(file: str, sets: tuple[str, ...], store_dir: str | None, as_json: bool) -> None:
-    """Validate FILE and show each stage, its key, and whether it is cached; runs nothing."""
+    """Validate FILE and show each stage, its key, and whether it is cached or will run and
+    why (new, key changed: what, damaged: which file, incomplete); runs nothing."""
     click.get_current_context().meta["json"] = as_json
+    from nnopt.core.model_size import human_bytes
+    from nnopt.core.plan_reasons import previous_stages, run_reason
     from nnopt.core.planner import load_plans
 
     _require_file(file)
     store = _store(store_dir)
     plans = load_plans(file, list(sets))
+    records = [r for r in store.runs() if r.get("pipeline") == plans[0].name]
     out = []
     for p in plans:
-        stages = [{"id": s.id, "kind": s.kind, "key": s.key, "cached": store.is_complete(s.key), "from": s.deps} for s in p.stages]
+        previous = previous_stages(records, p.params)
+        stages = []
+        for s in p.stages:
+            reason = run_reason(store, p, s, previous)
+            stages.append({"id": s.id, "kind": s.kind, "key": s.key, "cached": reason == "cached", "from": s.deps, "reason": reason,
+                           "parameters": s.param_count, "weight_bytes": s.weight_bytes})
         out.append({"pipeline": p.name, "params": p.params, "stages": stages})
     if as_json:
         click.echo(json.dumps(out[0] if len(out) == 1 and not out[0]["params"] else {"pipeline": plans[0].name, "runs": out}))
@@ -240,7 +237,9 @@ def plan(file: str, sets: tuple[str, ...], store_dir: str | None, as_json: bool)
         click.echo(f"{p['pipeline']} {_params_text(p['params'])}")
         for s in p["stages"]:
             deps = f"  <- {', '.join(s['from'])}" if s["from"] else ""
-            click.echo(f"  {s['id']:<14} {s['kind']:<10} {s['key'][:16]}  {'cached' if s['cached'] else 'to run'}{deps}")
+            state = "cached" if s["cached"] else f"to run ({s['reason']})"
+            size = f"{s['parameters']:,} params ({human_bytes(s['weight_bytes'])})  " if s["parameters"] is not None else ""
+            click.echo(f"  {s['id']:<14} {s['kind']:<10} {s['key'][:16]}  {size}{state}{deps}")
 
 
 @main.command()
@@ -304,10 +303,12 @@ def schema() -> None:
 @store_option
 @json_option
 def show(ref: str, store_dir: str | None, as_json: bool) -> None:
-    """Show a stored run or stage: spec, status, metrics, artifact paths.
+    """Show a stored invocation, run or stage: spec, status, metrics, artifact paths.
 
-    REF is a run id (or its prefix), `latest`, a pipeline name (its latest run), a stage key
-    prefix, or RUN/STAGE.
+    REF is `latest` or a pipeline name (its latest invocation: every run of one `nnopt run`,
+    a run per matrix combination), an invocation id, a run id (that run alone), an id prefix,
+    a stage key prefix, or RUN/STAGE. A stage's artifacts are checked against their
+    checksums first: a damaged stage says `damaged` and names the files.
     """
     from nnopt.core.lookup import describe_ref
 
@@ -320,7 +321,9 @@ def show(ref: str, store_dir: str | None, as_json: bool) -> None:
 @click.option("--stages", is_flag=True, help="list stage directories instead of runs")
 @json_option
 def ls(store_dir: str | None, stages: bool, as_json: bool) -> None:
-    """List the runs (or stages) in the store."""
+    """List the invocations (or stages) in the store: each `nnopt run` with every run's
+    params and headline metrics; repeated runs with the same outcome (cached re-runs) as one
+    entry with their count."""
     from nnopt.core.lookup import list_runs, list_stages
 
     text, data = (list_stages if stages else list_runs)(_store(store_dir))
@@ -329,7 +332,8 @@ def ls(store_dir: str | None, stages: bool, as_json: bool) -> None:
 
 @main.command()
 @store_option
-@click.option("--keep-last", type=click.IntRange(min=0), default=None, help="keep only the newest N runs of each pipeline")
+@click.option("--keep-last", type=click.IntRange(min=0), default=None,
+              help="keep only the newest N invocations (`nnopt run`s, all of a matrix's runs) of each pipeline")
 @click.option("--dry-run", is_flag=True, help="say what would be removed")
 def gc(store_dir: str | None, keep_last: int | None, dry_run: bool) -> None:
     """Remove stages that no kept run refers to, and abandoned work directories."""
@@ -337,8 +341,9 @@ def gc(store_dir: str | None, keep_last: int | None, dry_run: bool) -> None:
 
     rep = collect_garbage(_store(store_dir), keep_last, dry_run)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(rep.runs_removed)} runs, {len(rep.stages_removed)} stages, "
-               f"{rep.workdirs_removed} work directories ({rep.bytes_freed / 1e6:.1f} MB)")
+    click.echo(f"{verb} {len(rep.invocations_removed)} invocations ({len(rep.runs_removed)} runs), "
+               f"{len(rep.stages_removed)} stages, {rep.workdirs_removed} work directories "
+               f"({rep.bytes_freed / 1e6:.1f} MB)")
 
 
 @main.command()

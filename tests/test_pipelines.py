@@ -46,14 +46,16 @@ def test_gradient_descent_converges_below_two_over_lambda_max_and_diverges_above
     from nnopt.core.planner import load_plans
 
     path = "pipelines/edge_of_divergence.yaml"
-    plan = load_plans(path, ["stages.gd.optimizer.lr=0.1"])[0]
+    plan = load_plans(path, ["matrix.stages.gd.optimizer.lr=[0.1]"])[0]
     data = plan.stages[0].data.instantiate().load(plan.stages[0].seed)
     x = data.x_train.double()
     hessian = 2.0 * x.T @ x / (x.shape[0] * data.output_dim)  # of mean((xw − y)²), as F.mse_loss
     threshold = 2.0 / torch.linalg.eigvalsh(hessian).max().item()
     store = str(tmp_path / "store")
-    below = json.loads(nnopt("run", path, "--json", "--store", store, "--set", f"stages.gd.optimizer.lr={0.9 * threshold}").stdout)
-    above = json.loads(nnopt("run", path, "--json", "--store", store, "--set", f"stages.gd.optimizer.lr={1.1 * threshold}").stdout)
+    # the pipeline sweeps the rate: one value of the sweep is run by giving the axis that value
+    runs = json.loads(nnopt("run", path, "--json", "--store", store, "--set",
+                            f"matrix.stages.gd.optimizer.lr=[{0.9 * threshold}, {1.1 * threshold}]").stdout)["runs"]
+    below, above = runs
     assert below["stages"]["gd"]["status"] == "ran"
     assert below["stages"]["gd"]["metrics"]["train_loss"] < 1e-6  # realizable: the loss goes to zero
     assert above["stages"]["gd"]["status"] == "diverged"

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from .loop import StepRule
+
 
 # --------------------------------------------------------------------------- datasets
 class DatasetParams(Params):
@@ -70,6 +72,13 @@ class Dataset(Component):
     def load(self, seed: int) -> DataSplit:
         raise NotImplementedError(f"{type(self).__name__}.load")
 
+    def shapes(self, seed: int) -> tuple[tuple[int, ...], int]:
+        """``(input_shape, output_dim)`` of what ``load(seed)`` gives, used at plan time to
+        size each stage's model before anything runs. This default loads the data; a dataset
+        that knows its shapes cheaper (from its params, from a file's header) says so here."""
+        data = self.load(seed)
+        return tuple(data.input_shape), int(data.output_dim)
+
 
 # --------------------------------------------------------------------------- model parts
 class Activation(Component):
@@ -79,6 +88,24 @@ class Activation(Component):
 
     def build(self) -> "nn.Module":
         raise NotImplementedError(f"{type(self).__name__}.build")
+
+    def gain(self) -> float:
+        """The gain g that variance-preserving initializers (Kaiming, Xavier, orthogonal) use
+        for φ: Var(W_ij) = g²/fan keeps the pre-activations' second moment q^l = q^{l−1}.
+
+        The default is that condition solved for a unit-variance Gaussian pre-activation,
+        g = (E_{z∼N(0,1)}[φ(z)²])^{−1/2} (He et al. 2015's derivation, survey §4.2: ReLU gives
+        √2, the identity 1), computed by 64-point Gauss–Hermite quadrature of the built module.
+        Activations with a conventional gain (``torch.nn.init.calculate_gain``) return that.
+        """
+        import numpy as np
+        import torch
+
+        nodes, weights = np.polynomial.hermite_e.hermegauss(64)  # ∫ f(z) e^{−z²/2} dz
+        with torch.no_grad():
+            phi = self.build()(torch.as_tensor(nodes, dtype=torch.float64)).numpy()
+        second_moment = float(np.sum(weights * phi**2) / np.sqrt(2 * np.pi))
+        return second_moment ** -0.5 if second_moment > 0 else 1.0
 
 
 class Normalizer(Component):
@@ -109,6 +136,11 @@ class Architecture(Component):
     def build(self, input_shape: tuple[int, ...], output_dim: int, normalizer: Normalizer) -> "nn.Module":
         raise NotImplementedError(f"{type(self).__name__}.build")
 
+    def activation(self) -> "Activation | None":
+        """The activation φ of the hidden layers, handed to the initializer for its gain
+        (None: the architecture has none, or more than one)."""
+        return None
+
 
 class Initializer(Component):
     """Kind ``initializers``: sets a freshly built model's parameters in place.
@@ -116,6 +148,8 @@ class Initializer(Component):
     ``sample_inputs`` returns a batch of training inputs on the model's device, for
     data-dependent schemes (LSUV); data-free schemes ignore it. ``generator`` is the only
     source of randomness an initializer may use, so results follow the stage seed.
+    ``activation`` is the architecture's hidden activation (``Architecture.activation``), for
+    schemes whose variance depends on it (``activation.gain()``), or None when unknown.
     """
 
     kind: ClassVar[str] = "initializers"
@@ -125,6 +159,7 @@ class Initializer(Component):
         model: "nn.Module",
         sample_inputs: Callable[[], "torch.Tensor"],
         generator: "torch.Generator",
+        activation: "Activation | None" = None,
     ) -> None:
         raise NotImplementedError(f"{type(self).__name__}.initialize")
 
@@ -155,7 +190,17 @@ class Optimizer(Component):
     needs_closure: ClassVar[bool] = False
 
     def build(self, params: Iterable[Any], device: "torch.device") -> "torch.optim.Optimizer":
+        """The optimizer over ``params``: tensors, or param-group dicts (``{"params": [...],
+        "weight_decay": 0.0}``) whose keys override the component's own options for that group."""
         raise NotImplementedError(f"{type(self).__name__}.build")
+
+    def step_rule(self) -> "StepRule":
+        """How the training loop computes one step with this optimizer (``nnopt.core.loop``):
+        a closure for ``needs_closure`` methods, else plain backward. Methods that need more
+        (two passes as in SAM, the full batch, per-sample losses) return a rule of their own."""
+        from .loop import BackwardStep, ClosureStep
+
+        return ClosureStep() if self.needs_closure else BackwardStep()
 
 
 class Schedule(Component):

@@ -3,12 +3,18 @@
 Both edit the raw tree before validation, so an overridden value is checked exactly like one
 written in the file; the edited path is re-located to where the value came from (the command
 line, or the matrix entry), so errors point there.
+
+``expand`` applies them in one defined order: the file, then every ``--set matrix.AXIS=[...]``
+(replacing or adding that axis), then the matrix expansion, then every other ``--set`` on each
+combination. A ``--set`` never silently changes a swept axis: one whose path is an axis, lies
+inside one or holds one is refused, and says how to change the axis instead.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +23,14 @@ import yaml
 from .errors import Diagnostic, Location, SpecError, did_you_mean
 from .yaml_source import Path, Source, dotted, parse_value
 
+#: the most combinations a ``matrix:`` may have: each is a whole pipeline, validated and run
+MAX_COMBINATIONS = 10_000
+
 
 @dataclass(frozen=True)
 class Override:
+    """One ``--set PATH=VALUE`` (or one value of a matrix axis), and where it was written."""
+
     path: Path
     value: Any
     location: Location
@@ -37,13 +48,22 @@ def parse_set(text: str) -> Override:
     if not path:
         raise SpecError([Diagnostic(where, "", "empty PATH in PATH=VALUE")])
     try:
-        value = parse_value(value_text)
+        value = parse_value(value_text, where.source)
+    except SpecError as err:  # an alias cycle, a value past the size limits, a duplicate key
+        raise SpecError([Diagnostic(where, _inside(path_text.strip(), d.path), d.message) for d in err.diagnostics]) from None
     except yaml.MarkedYAMLError as err:  # one line, not PyYAML's multi-line report
         problem = " ".join(filter(None, [err.context, err.problem]))
         raise SpecError([Diagnostic(where, path_text, f"value is not valid YAML: {problem}")]) from None
     except yaml.YAMLError as err:
         raise SpecError([Diagnostic(where, path_text, f"value is not valid YAML: {err}")]) from None
     return Override(path, value, where, text)
+
+
+def _inside(path_text: str, inner: str) -> str:
+    """The dotted path of ``inner`` (a path within a --set value) below ``path_text``."""
+    if not inner:
+        return path_text
+    return path_text + ("" if inner.startswith("[") else ".") + inner
 
 
 def split_path(text: str) -> Path:
@@ -114,9 +134,20 @@ def expand_matrix(source: Source) -> tuple[list[Combination], list[Diagnostic]]:
         if key == "matrix" or str(key).startswith("matrix."):
             problems.append(Diagnostic(source.locate(("matrix", key), at_key=True), f"matrix.{key}", "a matrix cannot vary itself"))
             continue
+        if not split_path(str(key)):
+            problems.append(Diagnostic(source.locate(("matrix", key), at_key=True), f"matrix.{key}",
+                                       "expected a dotted path such as stages.train.optimizer.lr"))
+            continue
         axes.append((str(key), values))
     if problems:
         return [], problems
+    # counted before anything is built: a product of a few long lists is astronomically large
+    total = math.prod(len(values) for _, values in axes)
+    if total > MAX_COMBINATIONS:
+        sizes = " x ".join(str(len(values)) for _, values in axes)
+        return [], [Diagnostic(source.locate(("matrix",), at_key=True), "matrix",
+                               f"the matrix has {total:,} combinations ({sizes} values), more than the {MAX_COMBINATIONS:,} "
+                               "allowed; sweep fewer values, or split it into several pipelines")]
     combos = []
     for choice in itertools.product(*[range(len(v)) for _, v in axes]):
         combo = Source(copy.deepcopy(source.data), source.name, dict(source.keys), dict(source.values))
@@ -129,6 +160,76 @@ def expand_matrix(source: Source) -> tuple[list[Combination], list[Diagnostic]]:
             params[key] = values[i]
         combos.append(Combination(combo, params))
     return combos, _unique(problems)
+
+
+def expand(source: Source, overrides: list[Override]) -> tuple[list[Combination], list[Diagnostic]]:
+    """The pipelines that ``source`` with ``overrides`` stands for, and the problems found.
+
+    Order: ``--set matrix.AXIS=[...]`` replaces (or adds) that axis of ``matrix:``; the matrix
+    is expanded; every other ``--set`` is applied to each combination. One whose path is a
+    swept axis, lies inside one or holds one is refused (not applied)."""
+    problems: list[Diagnostic] = []
+    values: list[Override] = []
+    for override in overrides:
+        if override.path[:1] == ("matrix",):
+            problems += set_axis(source, override)
+    for override in overrides:
+        if override.path[:1] != ("matrix",):
+            clash = _sweeps(source, override)
+            if clash is not None:
+                problems.append(clash)
+            else:
+                values.append(override)
+    combos, matrix_problems = expand_matrix(source)
+    problems += matrix_problems
+    # with an invalid matrix there is no combination: the --sets still go on a copy, so that
+    # their own problems are reported at once with the matrix's
+    targets = [c.source for c in combos] or [Source(copy.deepcopy(source.data), source.name, dict(source.keys), dict(source.values))]
+    for target in targets:
+        for override in values:
+            problems += apply(target, override)
+    return combos, _unique(problems)
+
+
+def set_axis(source: Source, override: Override) -> list[Diagnostic]:
+    """``--set matrix.AXIS=[v1, v2]``: the matrix sweeps AXIS (a dotted path) over these
+    values, in place of the file's values for AXIS if it has them."""
+    axis = override.path[1:]
+    name = ".".join(str(p) for p in axis)
+    if not axis:
+        return [Diagnostic(override.location, "matrix", "name the axis to set: --set 'matrix.PATH=[v1, v2]' "
+                           "(e.g. --set 'matrix.stages.train.optimizer.lr=[0.01, 0.1]')")]
+    if not isinstance(override.value, list) or not override.value:
+        return [Diagnostic(override.location, f"matrix.{name}", f"expected a non-empty list of values: --set 'matrix.{name}=[v1, v2]'")]
+    matrix = source.data.get("matrix") if isinstance(source.data, dict) else None
+    if matrix is None and isinstance(source.data, dict):
+        matrix = source.data["matrix"] = {}
+        source.mark(("matrix",), override.location)
+    if not isinstance(matrix, dict):
+        return []  # the file's matrix is not a mapping: expand_matrix reports it there
+    key = next((k for k in matrix if split_path(str(k)) == axis), name)  # the file's spelling, if it has the axis
+    matrix[key] = copy.deepcopy(override.value)
+    source.mark(("matrix", key), override.location)
+    return []
+
+
+def _sweeps(source: Source, override: Override) -> Diagnostic | None:
+    """The refusal of a ``--set`` whose path is, lies inside or holds an axis of the matrix:
+    applied, it would silently change (or collapse) the sweep."""
+    matrix = source.data.get("matrix") if isinstance(source.data, dict) else None
+    if not isinstance(matrix, dict):
+        return None
+    for key in matrix:
+        axis = split_path(str(key))
+        n = min(len(axis), len(override.path))
+        if not axis or axis[:n] != override.path[:n]:
+            continue
+        where = source.locate(("matrix", key), at_key=True)
+        values = f"[{override.text.partition('=')[2].strip()}]" if axis == override.path else "[v1, v2]"
+        return Diagnostic(override.location, dotted(override.path),
+                          f"the matrix sweeps '{key}' (at {where}), and a --set never changes a swept axis; "
+                          f"change the axis itself: --set 'matrix.{key}={values}'")
+    return None
 
 
 def _unique(items: list[Diagnostic]) -> list[Diagnostic]:

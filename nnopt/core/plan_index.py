@@ -8,6 +8,12 @@ a GPU is visible (``device: auto``) and the working directory. A hit whose stage
 complete in the store is reported as cached straight from their ``result.json`` files. The
 data files that components read and the source files of the components used are checked
 (size, mtime, inode, ctime); any change falls back to planning.
+
+A stage's artifacts are used only when they match their manifest's checksums. Hashing them
+all would cost more than the rest of a cached run, so the entry keeps the state (size,
+mtime, inode, ctime) of every artifact and manifest of the stages it names, as they were
+when the run that wrote the entry had verified them; a hit compares those by ``stat``
+only, and any difference falls back to the slow path, which hashes them in full.
 """
 
 from __future__ import annotations
@@ -43,36 +49,62 @@ def index_digest(file: str | Path, sets: list[str], registry: "Registry") -> str
     })
 
 
-def _file_state(path: str) -> list[Any]:
+def _stat(path: str | Path) -> list[Any]:
     """What changes when a file is edited or replaced: size, mtime, and inode and ctime,
     which ``touch -r`` / ``cp -p`` cannot set back."""
     try:
         st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     except OSError:
-        return [path, None, None, None, None]
+        return [None, None, None, None]
+
+
+def _file_state(path: str) -> list[Any]:
+    return [path, *_stat(path)]
+
+
+def _stage_files(store: Store, key: str) -> list[str] | None:
+    """The manifest and every artifact of a complete stage, relative to its directory."""
+    try:
+        return ["manifest.json", *sorted(read_json(store.stage_dir(key) / "manifest.json")["artifacts"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save(store: Store, key: str, plans: list["Plan"]) -> None:
+    """Index the keys of ``plans`` under ``key``, after a run that used (so verified) or
+    wrote every one of their stages; the state of each stage's files is recorded now."""
+    artifacts = {}
+    for s in (s for p in plans for s in p.stages):
+        files = _stage_files(store, s.key)
+        if files is None:  # not complete after all: an entry could never hit
+            return
+        artifacts[s.key] = [[rel, *_stat(store.stage_dir(s.key) / rel)] for rel in files]
     write_json(store.index_path(key), {
         "pipeline": plans[0].name,
         "file": plans[0].file,
         "runs": [{"params": p.params, "stages": [{"id": s.id, "key": s.key} for s in p.stages]} for p in plans],
         "watched": [_file_state(f) for p in plans for f in p.watched_files],
+        "artifacts": artifacts,
     })
 
 
 def lookup(store: Store, key: str) -> dict[str, Any] | None:
-    """The index entry if every stage it names is complete and no watched file changed."""
+    """The index entry if no watched file changed and every file of every stage it names is
+    as it was when the entry was written (by ``stat``: no file is read)."""
     path = store.index_path(key)
     if not path.is_file():
         return None
     try:
         entry = read_json(path)
-    except (OSError, ValueError):
+        artifacts = entry["artifacts"]
+        keys = {s["key"] for run in entry["runs"] for s in run["stages"]}
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if any(_file_state(f[0]) != f for f in entry.get("watched", [])):
         return None
-    if not all(store.is_complete(s["key"]) for run in entry["runs"] for s in run["stages"]):
-        return None
+    for stage_key in keys:
+        files = artifacts.get(stage_key) if isinstance(artifacts, dict) else None
+        if not files or any(_stat(store.stage_dir(stage_key) / f[0]) != f[1:] for f in files):
+            return None
     return entry

@@ -1,16 +1,16 @@
 """From a pipeline file to validated, keyed plans: everything checked before anything runs.
 
-``load_plans(path, sets)`` parses the file, applies ``--set`` overrides, expands ``matrix:``,
-validates each combination (top level, each stage against its kind, every component's params
-against that component's model, every weight reference against the stage it names), orders
-the stages and computes each stage's cache key. All problems of all combinations are
-gathered and raised together as one ``SpecError``.
+``load_plans(path, sets)`` parses the file, applies ``--set`` overrides and expands ``matrix:``
+(in the order ``overrides.expand`` defines), validates each combination (top level, each
+stage against its kind, every component's params against that component's model, every
+weight reference against the stage it names, every model's size against its device's
+memory), orders the stages and computes each stage's cache key. All problems of all
+combinations are gathered and raised together as one ``SpecError``.
 """
 
 from __future__ import annotations
 
 import graphlib
-import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,10 +22,11 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .component import ComponentRef, WeightRef
 from .errors import Diagnostic, Location, PluginError, Problems, SpecError, did_you_mean
 from .keys import stage_key
+from .model_size import ModelSizes, device_memory, human_bytes
 from .model_spec import ModelSpec
-from .overrides import Override, apply, expand_matrix, parse_set
+from .overrides import expand, parse_set
 from .registry import Registry, singular
-from .spec import STAGE_ID_PATTERN, PipelineSpec, diagnostics_from
+from .spec import MAX_NAME_LENGTH, STAGE_ID_PATTERN, PipelineSpec, diagnostics_from
 from .stage import Stage, StageSpec
 from .yaml_source import Path, Source, dotted, parse_yaml
 
@@ -49,6 +50,9 @@ class PlannedStage:
     providers: dict[str, str]  # "kind/name" -> "dist version", for provenance
     key: str = ""
     resolved: dict[str, Any] = field(default_factory=dict)  # spec.json: resolved, defaults included
+    param_count: int | None = None  # parameters of its model (None: no model, or not known before running)
+    weight_bytes: int | None = None  # bytes of its model's weights, parameters and buffers (model_size)
+    key_payload: dict[str, Any] = field(default_factory=dict)  # what the key hashes (keys.stage_key)
 
 
 @dataclass
@@ -91,16 +95,13 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
         except SpecError as err:
             for diag in err.diagnostics:
                 problems.add(diag)
-    for override in overrides:
-        for diag in apply(source, override):
-            problems.add(diag)
-        _unpin_matrix_axis(source, override)
-    combos, matrix_problems = expand_matrix(source)
-    for diag in matrix_problems:
+    combos, expand_problems = expand(source, overrides)  # the order of --set and matrix: see overrides.expand
+    for diag in expand_problems:
         problems.add(diag)
     plans = []
+    sizes = ModelSizes()  # shared by the combinations: a matrix rarely changes the model
     for combo in combos:
-        plan = _plan_one(combo.source, combo.params, registry, problems)
+        plan = _plan_one(combo.source, combo.params, registry, problems, sizes)
         if plan is not None:
             plans.append(plan)
     if problems:
@@ -108,16 +109,7 @@ def load_plans(file: str | FsPath, sets: list[str] = (), registry: Registry | No
     return plans
 
 
-def _unpin_matrix_axis(source: Source, override: Override) -> None:
-    """A ``--set`` of a path that the matrix varies pins it: the command line wins."""
-    matrix = source.data.get("matrix")
-    if isinstance(matrix, dict):
-        matrix.pop(".".join(str(p) for p in override.path), None)
-        if not matrix:
-            del source.data["matrix"]
-
-
-def _plan_one(source: Source, params: dict[str, Any], registry: Registry, problems: Problems) -> Plan | None:
+def _plan_one(source: Source, params: dict[str, Any], registry: Registry, problems: Problems, sizes: ModelSizes) -> Plan | None:
     data = dict(source.data)
     try:
         pipeline = PipelineSpec.model_validate({**data, "matrix": None})
@@ -162,6 +154,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
     # run in the order of the file, as far as dependencies allow
     order = _stable_order(list(stage_specs), graph)
 
+    model_at: dict[str, Path] = {}  # where each stage's effective model is written
     for sid in order:
         st = planned[sid]
         parent = planned[st.spec.from_.stage] if st.spec.from_ is not None and st.spec.from_.stage in planned else None
@@ -170,6 +163,8 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
             own = getattr(st.spec, part)
             value = own if own is not None else (getattr(parent, part) if parent else getattr(pipeline, part))
             setattr(st, part, value)
+            if part == "model":
+                model_at[sid] = ("stages", sid, "model") if own is not None else (model_at[parent.id] if parent else ("model",))
             if part in st.cls.needs and value is None:
                 path = ("stages", sid)
                 problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path + (part,)),
@@ -183,11 +178,35 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         problems.add(Diagnostic(source.locate(("device",)), "device", f"'{device}' asked for, but this machine has no such CUDA device"
                                 " (use device: auto to fall back to the CPU)"))
         return None
+    _size_models([planned[s] for s in order], model_at, resolved_device, source, sizes, problems)
+    if problems:
+        return None
     for sid in order:
         st = planned[sid]
         st.key, st.resolved = stage_key(st, {d: planned[d].key for d in st.deps}, resolved_device)
     watched = sorted({f for st in planned.values() for f in _watched(st)})
     return Plan(pipeline.name, source.name, params, device, [planned[s] for s in order], watched)
+
+
+def _size_models(stages: list[PlannedStage], model_at: dict[str, Path], device: str, source: Source,
+                 sizes: ModelSizes, problems: Problems) -> None:
+    """Set each stage's ``param_count`` and ``weight_bytes``, and refuse a stage whose weights
+    alone exceed the memory of ``device``: found here, before anything runs, it is a spec
+    error at the model's ``arch``, not an allocator failure minutes into a run."""
+    memory = None
+    for st in stages:
+        if st.model is None or st.data is None:
+            continue
+        size = sizes.of(st.model, st.data, st.seed)
+        if size is None:
+            continue
+        st.param_count, st.weight_bytes = size.params, size.bytes
+        memory = memory if memory is not None else device_memory(device)
+        if memory is not None and size.bytes > memory:
+            path = model_at[st.id] + ("arch",)
+            problems.add(Diagnostic(source.locate(path), dotted(path),
+                                    f"this model has {size.params:,} parameters: its weights alone take {human_bytes(size.bytes)}, "
+                                    f"more than the {human_bytes(memory)} of memory of device {device}"))
 
 
 def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
@@ -203,7 +222,11 @@ def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
 
 def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems):
     path: Path = ("stages", sid)
-    if not re.match(STAGE_ID_PATTERN, sid):
+    if len(sid) > MAX_NAME_LENGTH:
+        message = f"a stage id is at most {MAX_NAME_LENGTH} characters; this one has {len(sid)}"
+        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), message))
+        return None
+    if not re.fullmatch(STAGE_ID_PATTERN, sid):
         problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stage ids may use letters, digits, _ and - only"))
         return None
     if not isinstance(raw, dict):
@@ -335,12 +358,14 @@ def _providers_of(st: PlannedStage, registry: Registry) -> dict[str, str]:
 
 def _watched(st: PlannedStage) -> list[str]:
     """Files whose change must send the next run back to planning: the data files components
-    read, and the source file of every component class used (its ``cache_version`` is there,
-    and an editable install changes code without changing its version)."""
-    files = [inspect.getsourcefile(st.cls) or ""]
+    read, and the source files of the stage kind and of every component class used, with the
+    helper modules they import (``code_digest.source_files``: they are in the key)."""
+    from .code_digest import source_files
+
+    files = source_files(st.cls)
     for ref in _components(st):
         files += ref.component.watched_files(ref.resolved)
-        files.append(inspect.getsourcefile(ref.component) or "")
+        files += source_files(ref.component)
     return [os.path.abspath(f) for f in files if f]
 
 

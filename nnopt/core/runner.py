@@ -1,10 +1,12 @@
 """Running a plan: each stage is reused from the store or computed, once, under its lock.
 
 For each stage in order: if a dependency did not finish, it is ``skipped``; if its key is
-complete in the store (and no ``--force``/``--redo`` asks otherwise) it is ``cached``; else
-the runner takes the stage's file lock (a concurrent run computing the same key makes this
-one wait, then reuse the result; with ``wait=False`` it raises ``StageBusy``), seeds every
-generator, runs the stage in its work directory ``tmp/<key>`` and commits it atomically.
+complete in the store (and no ``--force``/``--redo`` asks otherwise) and every artifact still
+matches its manifest's checksum, it is ``cached``; a damaged stage is never used: it is
+recomputed (``ran``, with a message naming the damaged files). Otherwise the runner takes
+the stage's file lock (a concurrent run computing the same key makes this one wait, then
+reuse the result; with ``wait=False`` it raises ``StageBusy``), seeds every generator, runs
+the stage in its work directory ``tmp/<key>`` and commits it atomically.
 A run killed mid-stage leaves that directory with the stage's last checkpoint, if the stage
 saved one; the next run of the same key continues from it. A stage that
 diverges is committed with status ``diverged`` (the divergence is its deterministic result);
@@ -30,7 +32,7 @@ from typing import Any, Callable
 from .errors import StageError
 from .planner import Plan, PlannedStage
 from .stage import ResolvedWeights, StageContext, json_safe, weights_file
-from .store import CHECKPOINT_META, StageBusy, Store, read_json, write_json
+from .store import CHECKPOINT, StageBusy, Store, read_json, write_json
 
 OK = ("ran", "cached")
 
@@ -172,12 +174,28 @@ def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport
     blocked = [d for d in st.deps if done[d].status not in OK]
     if blocked:
         return StageReport(st.id, "skipped", st.key, "", message=f"skipped: '{blocked[0]}' is {done[blocked[0]].status}")
-    if not forced and store.is_complete(st.key):
+    # a stage is used only after its artifacts are checked against the manifest's checksums
+    if not forced and store.is_complete(st.key) and not store.damaged_artifacts(st.key):
         return stored_report(store, st.id, st.key)
+    damage = None
     with store.lock(st.key, wait):
-        if not forced and store.is_complete(st.key):  # another run computed it while we waited
-            return stored_report(store, st.id, st.key)
-        return _compute(plan, st, store, progress, argv, debug, resume=not forced)
+        if not forced and store.is_complete(st.key):  # another run may have computed or repaired it while we waited
+            damaged = store.damaged_artifacts(st.key)
+            if not damaged:
+                return stored_report(store, st.id, st.key)
+            damage = _damage_message(store, st.key, damaged)
+        # a damaged stage is computed afresh, as if forced: nothing of it can be trusted
+        rep = _compute(plan, st, store, progress, argv, debug, resume=not forced and damage is None)
+    if damage:
+        rep.message = "; ".join(filter(None, [damage, rep.message]))
+    return rep
+
+
+def _damage_message(store: Store, key: str, damaged: list[str]) -> str:
+    """``recomputed: damaged artifact weights/final.safetensors (checksum mismatch)``."""
+    stage_dir = store.stage_dir(key)
+    named = ", ".join(f"{rel} ({'checksum mismatch' if (stage_dir / rel).is_file() else 'missing'})" for rel in damaged)
+    return f"recomputed: damaged artifact{'s' if len(damaged) > 1 else ''} {named}"
 
 
 def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: list[str], debug: bool,
@@ -208,7 +226,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
         store.discard(workdir)
         return StageReport(st.id, "failed", st.key, "", time.perf_counter() - t0, message=str(err))
     except KeyboardInterrupt:  # keep a checkpointed workdir: the next run resumes from it
-        if not (workdir / CHECKPOINT_META).is_file():
+        if not (workdir / CHECKPOINT).is_file():
             store.discard(workdir)
         raise
     except Exception as err:  # a bug in a component: keep the run going, report it in one line
@@ -224,7 +242,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
                                                    "message": outcome.message, "seconds": seconds}))
     manifest = {
         "key": st.key, "stage": st.id, "kind": st.kind, "pipeline": plan.name, "status": status,
-        "spec": st.resolved, "command": argv, "nnopt": _nnopt_version(), "providers": st.providers,
+        "spec": st.resolved, "key_payload": st.key_payload, "command": argv, "nnopt": _nnopt_version(), "providers": st.providers,
         "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "device": str(device), "seed": st.seed, "determinism": determinism,
         "started": start_wall, "ended": time.time(),
@@ -236,18 +254,24 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
 
 
 def _seed_everything(seed: int, device: "Any") -> dict[str, Any]:
-    """Seed Python, numpy and torch; ask torch for deterministic kernels. Returns the flags."""
+    """Seed Python, numpy and torch; ask torch for deterministic kernels; fix this stage's CPU
+    thread count, its share of the cores among live runs (``cpu_share``). Returns the flags."""
     import numpy as np
     import torch
+
+    from .cpu_share import share_threads
+    from .determinism import use_deterministic_algorithms
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_algorithms(warn_only=True)  # not torch's own: that imports inductor, ~1 s
     torch.backends.cudnn.benchmark = False
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    return {"use_deterministic_algorithms": True, "cudnn_benchmark": False, "torch_threads": torch.get_num_threads()}
+    # the thread count can change a result's bits, so it is chosen here, once per stage, and recorded
+    threads = share_threads()
+    return {"use_deterministic_algorithms": True, "cudnn_benchmark": False, "torch_threads": threads}
 
 
 def _nnopt_version() -> dict[str, Any]:

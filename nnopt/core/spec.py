@@ -13,8 +13,10 @@ from .errors import Diagnostic, did_you_mean
 from .model_spec import ModelSpec
 from .yaml_source import Path, Source, dotted
 
-NAME_PATTERN = r"^[a-z0-9_-]+$"
-STAGE_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+#: the longest pipeline name or stage id: both end up in file names, which have limits of their own
+MAX_NAME_LENGTH = 64
+NAME_PATTERN = rf"^[a-z0-9_-]{{1,{MAX_NAME_LENGTH}}}$"
+STAGE_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_NAME_LENGTH}}}$"
 
 
 class PipelineSpec(BaseModel):
@@ -45,14 +47,16 @@ class PipelineSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.match(NAME_PATTERN, value):
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(f"a pipeline name is at most {MAX_NAME_LENGTH} characters; this one has {len(value)}")
+        if not re.fullmatch(NAME_PATTERN, value):
             raise ValueError(f"expected a name of lowercase letters, digits, _ and - (like '{_slug(value)}'), got {value!r}")
         return value
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 

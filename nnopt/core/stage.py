@@ -204,36 +204,26 @@ class StageContext:
         If the run is killed, the next run of the same key calls ``load_checkpoint`` and
         continues from here. Everything the stage wrote to ``out_dir`` stays; lines logged to
         ``metrics.jsonl`` after the checkpoint are dropped on resumption, so a resumed stage
-        logs exactly what an uninterrupted one would.
+        logs exactly what an uninterrupted one would. The state and the length of
+        ``metrics.jsonl`` go into one file, replaced atomically (``nnopt.core.checkpoint``):
+        a kill at any point leaves the previous checkpoint or this one, whole.
         """
-        import torch
+        from . import checkpoint
 
-        from .store import CHECKPOINT_META, CHECKPOINT_STATE, write_json
-
-        if self._metrics_file is not None:
-            self._metrics_file.flush()
-        metrics = self.out_dir / "metrics.jsonl"
-        tmp = self.out_dir / f".{CHECKPOINT_STATE}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / CHECKPOINT_STATE)
-        write_json(self.out_dir / CHECKPOINT_META, {"metrics_bytes": metrics.stat().st_size if metrics.exists() else 0})
+        checkpoint.save(self.out_dir, state, self.out_dir / "metrics.jsonl", self._metrics_file)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The state of the last ``save_checkpoint`` of an interrupted run of this key, or None."""
-        import torch
+        """The state of the last ``save_checkpoint`` of an interrupted run of this key, or None.
 
-        from .store import CHECKPOINT_META, CHECKPOINT_STATE, read_json
+        Call it before writing anything: it cuts ``metrics.jsonl`` back to what was logged when
+        the state was saved, and a checkpoint it cannot use (unreadable, or naming metrics lines
+        that are gone) is discarded with everything else in ``out_dir``, so that the stage
+        starts over (None). Tensors come back on the CPU (``load_state_dict`` moves them).
+        """
+        from . import checkpoint
 
-        meta_path = self.out_dir / CHECKPOINT_META
-        if not meta_path.is_file():
-            return None
-        meta = read_json(meta_path)
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():
-            with open(metrics, "r+b") as f:
-                f.truncate(meta["metrics_bytes"])
-        # weights_only: a checkpoint is data, never code (no arbitrary unpickling)
-        return torch.load(self.out_dir / CHECKPOINT_STATE, map_location=self.device, weights_only=True)
+        self.close()  # lines still buffered would land after the cut
+        return checkpoint.load(self.out_dir, self.out_dir / "metrics.jsonl")
 
     def progress(self, total: int, description: str) -> "StageProgress":
         """A progress bar on stderr (a silent one when progress is off)."""

@@ -24,15 +24,16 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
 DEFAULT_STORE = ".nnopt"
-CHECKPOINT_STATE = "checkpoint.pt"  # a stage's resumable state, while it runs
-CHECKPOINT_META = "checkpoint.json"  # written after the state: its presence marks a usable checkpoint
+#: a stage's resumable checkpoint while it runs: its state and the length of its metrics.jsonl
+#: in one file, replaced atomically (``nnopt.core.checkpoint``), so its presence marks a usable one
+CHECKPOINT = "checkpoint.pt"
 
 
 def default_root() -> Path:
@@ -155,15 +156,16 @@ class Store:
         key's lock. With ``resume`` a directory left by a killed run is kept when it holds a
         checkpoint (the stage continues from it); anything else left there is discarded."""
         path = self.root / "tmp" / key
-        if path.exists() and not (resume and (path / CHECKPOINT_META).is_file()):
+        if path.exists() and not (resume and (path / CHECKPOINT).is_file()):
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def commit(self, workdir: Path, key: str, manifest: dict[str, Any]) -> Path:
         """Checksum the artifacts, write the manifest last, and move the stage into place."""
-        for name in (CHECKPOINT_META, CHECKPOINT_STATE):  # resumption state is not a result
-            (workdir / name).unlink(missing_ok=True)
+        # resumption state is not a result: the checkpoint, and a copy of it a kill left half-written
+        for path in [workdir / CHECKPOINT, *workdir.glob(f".{CHECKPOINT}.*")]:
+            path.unlink(missing_ok=True)
         manifest = dict(manifest)
         manifest["artifacts"] = {
             str(p.relative_to(workdir)): sha256_file(p) for p in sorted(workdir.rglob("*")) if p.is_file()
@@ -255,6 +257,26 @@ class Store:
         lock.release()
         return False
 
+    # ------------------------------------------------------------------ invocations
+    def invocations(self, corrupt: list[Path] | None = None) -> list[list[dict[str, Any]]]:
+        """The run records grouped by invocation (one `nnopt run`: the cells of a matrix),
+        each group in run order, groups by their first run, oldest first (see ``runs``)."""
+        return group_invocations(self.runs(corrupt))
+
+
+def invocation_id(record: dict[str, Any]) -> str:
+    """The invocation a run record belongs to; a record written before invocations were
+    recorded is an invocation of its own."""
+    return record.get("invocation") or record["run"]
+
+
+def group_invocations(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``runs`` (oldest first) grouped by ``invocation_id``, groups in order of their first run."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(invocation_id(r), []).append(r)
+    return list(groups.values())
+
 
 class StageLock:
     """The per-stage file lock: one process computes a key, others wait and reuse it."""
@@ -288,6 +310,7 @@ class GcReport:
     stages_removed: list[str]
     workdirs_removed: int
     bytes_freed: int
+    invocations_removed: list[str] = field(default_factory=list)  # what runs_removed made up
 
 
 def _size(path: Path) -> int:
@@ -298,26 +321,32 @@ def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = 
     """Remove stages no kept run refers to, and work directories no live run owns (but keep
     the checkpoints of interrupted stages that a kept run names).
 
-    With ``keep_last=N`` only the newest N runs of each pipeline are kept (older run records
-    are dropped first); by default every run record is kept.
+    With ``keep_last=N`` only the newest N invocations of each pipeline are kept (the run
+    records of older ones are dropped first): the runs of one `nnopt run` (the cells of a
+    matrix) are kept or dropped together, and an invocation with a live run is never dropped
+    (nor counted among the N). By default every run record is kept.
     """
     corrupt: list[Path] = []
     runs = store.runs(corrupt)
     if corrupt:  # which stages they name is unknown: removing anything could lose results
         raise CorruptStore(corrupt)
     dropped: list[str] = []
+    dropped_invocations: list[str] = []
     if keep_last is not None:
-        by_pipeline: dict[str, list[dict[str, Any]]] = {}
-        for r in runs:
-            if r.get("status") != "running":  # a live run is never dropped
-                by_pipeline.setdefault(r.get("pipeline", ""), []).append(r)
-        for records in by_pipeline.values():
-            dropped += [r["run"] for r in records[: max(len(records) - keep_last, 0)]]
-    kept = [r for r in runs if r["run"] not in dropped]
+        by_pipeline: dict[str, list[list[dict[str, Any]]]] = {}
+        for cells in group_invocations(runs):
+            if all(r.get("status") != "running" for r in cells):  # a live run's cells all stay
+                by_pipeline.setdefault(cells[0].get("pipeline", ""), []).append(cells)
+        for invocations in by_pipeline.values():
+            for cells in invocations[: max(len(invocations) - keep_last, 0)]:
+                dropped_invocations.append(invocation_id(cells[0]))
+                dropped += [r["run"] for r in cells]
+    gone = set(dropped)
+    kept = [r for r in runs if r["run"] not in gone]
     referenced = {s["key"] for r in kept for s in r.get("stages", {}).values() if s.get("key")}
     garbage = [k for k in store.all_stage_keys() if k not in referenced]
     # a checkpoint of a stage some kept run still names is kept: the next run resumes from it
-    workdirs = [p for p in store.stale_workdirs() if p.name not in referenced or not (p / CHECKPOINT_META).is_file()]
+    workdirs = [p for p in store.stale_workdirs() if p.name not in referenced or not (p / CHECKPOINT).is_file()]
     freed = sum(_size(store.stage_dir(k)) for k in garbage) + sum(_size(p) for p in workdirs)
     if not dry_run:
         for run_id in dropped:
@@ -335,4 +364,4 @@ def collect_garbage(store: Store, keep_last: int | None = None, dry_run: bool = 
                     keys = set(garbage)
                 if keys & set(garbage):
                     entry.unlink(missing_ok=True)
-    return GcReport(dropped, garbage, len(workdirs), freed)
+    return GcReport(dropped, garbage, len(workdirs), freed, dropped_invocations)

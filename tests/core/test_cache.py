@@ -69,6 +69,31 @@ def test_component_cache_version_is_part_of_the_key(pipeline, monkeypatch):
     assert before["train"] != after["train"] and before["probe"] != after["probe"]
 
 
+def test_a_digest_of_each_components_source_is_part_of_the_key(pipeline, monkeypatch):
+    import nnopt.core.keys as keys_module
+    from nnopt.core.keys import digest
+    from nnopt.plugins.analyzers.grad_norms import GradNorms
+
+    path = pipeline()
+    before = keys(path)
+    real = keys_module.code_digest
+    # as if grad_norms.py had been edited with its cache_version left as it was
+    monkeypatch.setattr(keys_module, "code_digest", lambda cls: digest("edited") if cls is GradNorms else real(cls))
+    after = keys(path)
+    assert before["probe"] != after["probe"]
+    assert before["train"] == after["train"]  # train uses no grad_norms: its key stays
+
+
+def test_the_version_of_the_distribution_providing_a_component_is_part_of_the_key(pipeline, monkeypatch):
+    from nnopt.core.registry import Entry
+
+    path = pipeline()
+    before = keys(path)
+    monkeypatch.setattr(Entry, "provider", property(lambda e: f"{e.dist} 99.0"))
+    after = keys(path)
+    assert before["train"] != after["train"] and before["probe"] != after["probe"]
+
+
 def test_key_does_not_depend_on_the_file_layout(pipeline):
     reordered = TINY.replace("optimizer: {name: sgd, lr: 0.1, momentum: 0.9}", "optimizer:\n      momentum: 0.9\n      lr: 1e-1\n      name: sgd")
     assert keys(pipeline()) == keys(pipeline(reordered, "other.yaml"))

@@ -215,7 +215,7 @@ def test_a_running_record_of_a_process_that_no_longer_exists_is_listed_as_stoppe
     (cli.store / "runs" / f"{record['run']}.json").write_text(json.dumps(record))
     result = cli("ls", "--json")
     assert result.exit_code == 0, result.stderr
-    assert [(r["run"], r["status"]) for r in json.loads(result.stdout)] == [(record["run"], "stopped")]
+    assert [([c["run"] for c in e["runs"]], e["status"]) for e in json.loads(result.stdout)] == [([record["run"]], "stopped")]
 
 
 def test_a_run_refused_with_no_wait_is_recorded_busy_not_running(cli, pipeline):

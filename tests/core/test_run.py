@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -47,9 +46,39 @@ def test_matrix_runs_one_pipeline_per_combination_each_cached(cli, pipeline):
     assert all(set(statuses(r).values()) == {"cached"} for r in again["runs"])
 
 
-def test_set_of_a_matrix_path_pins_that_axis(cli, pipeline):
-    _, out = cli.run_json(pipeline(MATRIX), "--set", "seed=7")
-    assert [r["params"] for r in out["runs"]] == [{"stages.train.optimizer.lr": 0.05}, {"stages.train.optimizer.lr": 0.1}]
+def test_a_set_of_a_swept_path_is_refused_and_says_how_to_change_the_axis(cli, pipeline):
+    """A --set never silently collapses (or escapes) a sweep: the axis itself, a path inside
+    it and one holding it are refused, at the --set, naming where the axis is written."""
+    path = pipeline(MATRIX)
+    for setting, axis, values in (("seed=7", "seed", "[7]"),
+                                  ("stages.train.optimizer.lr.x=1", "stages.train.optimizer.lr", "[v1, v2]"),
+                                  ("stages.train.optimizer={name: adam}", "stages.train.optimizer.lr", "[v1, v2]")):
+        result = cli("run", path, "--set", setting)
+        assert result.exit_code == 2, result.stderr
+        line = 18 if axis != "seed" else 19
+        dotted = setting.partition("=")[0]
+        assert result.stderr.splitlines() == [
+            f"--set {setting}: {dotted}: the matrix sweeps '{axis}' (at {path}:{line}:3), and a --set never changes a "
+            f"swept axis; change the axis itself: --set 'matrix.{axis}={values}'", "1 error; nothing was run"]
+    assert not cli.store.exists()
+
+
+def test_set_matrix_axis_replaces_that_axis_and_other_sets_apply_to_every_combination(cli, pipeline):
+    result, out = cli.run_json(pipeline(MATRIX), "--set", "matrix.seed=[7]", "--set", "stages.train.optimizer.momentum=0.5")
+    assert result.exit_code == 0, result.stderr
+    assert [r["params"] for r in out["runs"]] == [{"stages.train.optimizer.lr": 0.05, "seed": 7}, {"stages.train.optimizer.lr": 0.1, "seed": 7}]
+    for run in out["runs"]:
+        spec = json.loads((Path(run["stages"]["train"]["dir"]) / "spec.json").read_text())
+        assert (spec["seed"], spec["optimizer"]["momentum"]) == (7, 0.5)
+        assert spec["optimizer"]["lr"] == run["params"]["stages.train.optimizer.lr"]
+
+
+def test_set_matrix_adds_an_axis(cli, pipeline):
+    from nnopt.core.planner import load_plans
+
+    plans = load_plans(pipeline(), ["matrix.stages.train.optimizer.lr=[0.05, 0.2]"])
+    assert [p.params for p in plans] == [{"stages.train.optimizer.lr": 0.05}, {"stages.train.optimizer.lr": 0.2}]
+    assert [p.stage("train").spec.optimizer.resolved.lr for p in plans] == [0.05, 0.2]
 
 
 DIVERGES = TINY.replace("lr: 0.1, momentum: 0.9", "lr: 1.0e+6, momentum: 0.9")
@@ -300,7 +329,7 @@ def test_a_run_killed_with_sigkill_resumes(pipeline, tmp_path):
     cmd = [sys.executable, "-m", "nnopt", "run", path, "--json", "--store", str(store)]
     victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list((store / "tmp").glob("*/checkpoint.json")) and time.monotonic() < deadline and victim.poll() is None:
+    while not list((store / "tmp").glob("*/checkpoint.pt")) and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert victim.poll() is None, "the run ended before it could be killed"
     victim.send_signal(signal.SIGKILL)
@@ -337,34 +366,7 @@ def test_gc_keeps_what_a_running_pipeline_has_finished(cli, pipeline, monkeypatc
 def test_gc_keeps_the_checkpoint_of_an_interrupted_stage(cli, pipeline, monkeypatch):
     interrupt_after_first_checkpoint(cli, pipeline(CHECKPOINTED), monkeypatch)
     cli("gc")
-    assert list((cli.store / "tmp").glob("*/checkpoint.json"))
+    assert list((cli.store / "tmp").glob("*/checkpoint.pt"))
     cli("gc", "--keep-last", "0")  # nothing kept: the checkpoint goes too
-    assert not list((cli.store / "tmp").glob("*/checkpoint.json"))
+    assert not list((cli.store / "tmp").glob("*/checkpoint.pt"))
 
-
-def test_a_run_beside_a_live_run_makes_its_openmp_threads_wait_passively(cli, pipeline, monkeypatch):
-    import socket
-
-    from nnopt.core.store import Store
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "")  # records the variable, so teardown restores it
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    path = pipeline()
-    cli("run", path)
-    assert "OMP_WAIT_POLICY" not in os.environ  # alone: the default (spinning) is fastest
-    Store(cli.store).write_run({"run": "other", "pipeline": "x", "status": "running", "stages": {}, "started": 0,
-                                "process": {"pid": os.getpid(), "host": socket.gethostname()}})
-    cli("run", path)
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-
-
-def test_an_openmp_wait_policy_the_user_set_is_left_alone(cli, pipeline, monkeypatch):
-    import socket
-
-    from nnopt.core.store import Store
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    Store(cli.store).write_run({"run": "other", "pipeline": "x", "status": "running", "stages": {}, "started": 0,
-                                "process": {"pid": os.getpid(), "host": socket.gethostname()}})
-    cli("run", pipeline())
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -76,6 +76,27 @@ def edit(*pairs: str, text: str = BASE) -> str:
     return text
 
 
+def alias_bomb(levels: int = 8, prefix: str = "x-") -> list[str]:
+    """A "billion laughs": anchor ``a`` is 9 scalars, each next anchor 9 aliases of the one
+    before, so the last of ``levels`` expands to 9**levels values (YAML lines, one per anchor)."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = [f"{prefix}a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for before, name in zip(names, names[1:]):
+        lines.append(f"{prefix}{name}: &{name} [{', '.join([f'*{before}'] * 9)}]")
+    return lines
+
+
+#: the same bomb as one flow list, for a --set value: [&a [...], &b [*a, ...], ...]
+SET_BOMB = "[" + ", ".join(line.split(": ", 1)[1] for line in alias_bomb(prefix="")) + "]"
+#: BASE with a matrix that sweeps the whole optimizer (lines 16-17)
+SWEEPS_OPTIMIZER = BASE + "matrix:\n  stages.train.optimizer: [sgd, adam]\n"
+#: BASE with a matrix that sweeps the learning rate (lines 16-17)
+SWEEPS_LR = BASE + "matrix:\n  stages.train.optimizer.lr: [0.1, 0.2]\n"
+#: a matrix of 100**5 = 10**10 combinations (line 16)
+HUGE_MATRIX = BASE + "matrix:\n" + "".join(f"  {axis}: {list(range(1, 101))}\n" for axis in
+                                          ("seed", "stages.train.epochs", "data.batch_size", "data.n_train", "data.n_test"))
+
+
 @dataclass
 class Row:
     id: str
@@ -209,6 +230,69 @@ ROWS = [
          (10, "stages.train.epochs", "expected greater than or equal to 1", None)]),
     Row("misspelled-kind-key", edit("kind: analyze", "kinds: analyze"),
         [(13, "stages.probe.kinds", "unknown key 'kinds'", "kind")]),
+    # ------------------------------------------------------------------ bounded input (never hangs, never crashes)
+    Row("yaml-alias-bomb", BASE + "\n".join(alias_bomb()) + "\n",  # x-a..x-h on lines 16-23
+        [(21, "x-f", "this value expands to 597,871 values through YAML aliases (*name), more than the 100,000", None)]),
+    Row("yaml-alias-cycle", edit("widths: [16]", "widths: &w [16, *w]"),
+        [(4, "model.arch.widths[1]", "a YAML alias inside its own anchor", None)]),
+    Row("yaml-nested-too-deep", BASE + "x-deep: " + "[" * 101 + "]" * 101 + "\n",
+        [(16, "<root>", "the file nests lists and mappings deeper than 100 levels", None)]),
+    Row("yaml-merge-cycle", BASE + "x-opt: &opt {name: sgd, <<: *opt}\n",
+        [(16, "x-opt.<<", "a merge key (<<) refers to the mapping that contains it", None)]),
+    Row("yaml-impossible-date", edit("epochs: 1", "epochs: 2020-13-45"),  # resolved as a timestamp: datetime raised
+        [(10, "stages.train.epochs", "'2020-13-45' is not a valid YAML timestamp (month must be in 1..12); quote it", None)]),
+    Row("yaml-tagged-scalar-that-cannot-be-built", edit("lr: 0.1", 'lr: !!float "fast"'),
+        [(9, "stages.train.optimizer.lr", "'fast' is not a valid YAML float", None)]),
+    Row("set-impossible-date", BASE,
+        [("--set stages.train.epochs=2020-13-45", "stages.train.epochs", "is not a valid YAML timestamp", None)],
+        sets=["stages.train.epochs=2020-13-45"]),
+    Row("set-alias-bomb", BASE, [(f"--set stages.train.optimizer.lr={SET_BOMB}", "stages.train.optimizer.lr[5]", "expands to 597,871 values", None)],
+        sets=[f"stages.train.optimizer.lr={SET_BOMB}"]),
+    Row("set-alias-cycle", BASE, [("--set model.arch.widths=&w [16, *w]", "model.arch.widths[1]", "a YAML alias inside its own anchor", None)],
+        sets=["model.arch.widths=&w [16, *w]"]),
+    Row("name-too-long", edit("name: t", "name: " + "t" * 300),
+        [(1, "name", "a pipeline name is at most 64 characters; this one has 300", None)]),
+    Row("stage-id-too-long", edit("  probe:", "  " + "p" * 400 + ":"),
+        [(12, "stages." + "p" * 400, "a stage id is at most 64 characters; this one has 400", None)]),
+    Row("matrix-too-many-combinations", HUGE_MATRIX,
+        [(16, "matrix", "the matrix has 10,000,000,000 combinations (100 x 100 x 100 x 100 x 100 values), more than the 10,000", None)]),
+    Row("npz-path-is-a-directory", edit("{name: synthetic, task: gaussian_mixture, n_train: 128, n_test: 64, dim: 8, batch_size: 32}", "{name: npz, path: /}"),
+        [(2, "data.path", "a directory, not a file: /", None)]),
+    Row("npz-path-is-proc-self-mem", edit("{name: synthetic, task: gaussian_mixture, n_train: 128, n_test: 64, dim: 8, batch_size: 32}",
+                                          "{name: npz, path: /proc/self/mem}"),
+        [(2, "data.path", "cannot read the file", None)]),
+    Row("npz-path-is-a-device", edit("{name: synthetic, task: gaussian_mixture, n_train: 128, n_test: 64, dim: 8, batch_size: 32}",
+                                     "{name: npz, path: /dev/zero}"),
+        [(2, "data.path", "not a regular file", None)]),
+    Row("model-too-large-for-its-device", edit("widths: [16]", "widths: [100000000000]"),
+        [(4, "model.arch", "this model has 1,100,000,000,002 parameters: its weights alone take 4.0 TiB, more than the ", None)]),
+    Row("stage-model-too-large-for-its-device",  # probe inherits it through `from: train`: one error, where it is written
+        edit("    epochs: 1\n", "    epochs: 1\n    model: {arch: {name: mlp, widths: [100000000000]}}\n"),
+        [(11, "stages.train.model.arch", "this model has 1,100,000,000,002 parameters", None)]),
+    # ------------------------------------------------------------------ --set and matrix: a --set never changes a swept axis
+    Row("set-inside-a-swept-axis", SWEEPS_OPTIMIZER,
+        [("--set stages.train.optimizer.bogus=1", "stages.train.optimizer.bogus",
+          "the matrix sweeps 'stages.train.optimizer' (at ", None)],
+        sets=["stages.train.optimizer.bogus=1"]),
+    Row("set-of-a-swept-axis", SWEEPS_OPTIMIZER,
+        [("--set stages.train.optimizer=adam", "stages.train.optimizer",
+          "pipeline.yaml:17:3), and a --set never changes a swept axis; change the axis itself: --set 'matrix.stages.train.optimizer=[adam]'", None)],
+        sets=["stages.train.optimizer=adam"]),
+    Row("set-holding-a-swept-axis", SWEEPS_LR,
+        [("--set stages.train.optimizer=adam", "stages.train.optimizer",
+          "the matrix sweeps 'stages.train.optimizer.lr' (at ", None)],
+        sets=["stages.train.optimizer=adam"]),
+    Row("set-matrix-axis-not-a-list", BASE, [("--set matrix.seed=3", "matrix.seed", "expected a non-empty list of values", None)],
+        sets=["matrix.seed=3"]),
+    Row("set-matrix-without-an-axis", BASE, [("--set matrix=[1]", "matrix", "name the axis to set: --set 'matrix.PATH=[v1, v2]'", None)],
+        sets=["matrix=[1]"]),
+    Row("set-matrix-axis-bad-value", SWEEPS_OPTIMIZER,
+        [("--set matrix.stages.train.optimizer=[sgd, adma]", "stages.train.optimizer", "unknown optimizer 'adma'", "adam")],
+        sets=["matrix.stages.train.optimizer=[sgd, adma]"]),
+    Row("set-and-matrix-errors-all-reported", BASE + "matrix:\n  seed: 3\n",
+        [(17, "matrix.seed", "expected a non-empty list of values", None),
+         ("--set stages.trian.epochs=2", "stages.trian", "no stage 'trian'", "train")],
+        sets=["stages.trian.epochs=2"]),
 ]
 
 
@@ -287,8 +371,11 @@ def test_rows_are_valid_without_their_change(invoke, write_pipeline):
         (edit("lr: 0.1", "lr: 5E-2"), []),
         (BASE, ["stages.train.optimizer.lr=1e-3"]),
         (edit("    epochs: 1\n", "    steps: 3\n"), []),
+        ("x-opt: &opt {name: sgd, lr: 0.5}\n" + edit("optimizer: {name: sgd, lr: 0.1}", "optimizer: {<<: *opt, lr: 0.1}"), []),
+        (edit("    analyzers: [grad_norms]\n", "    analyzers: [grad_norms]\nmatrix:\n  stages.train.optimizer.lr: [0.1]\n"),
+         ["stages.train.epochs=2"]),
     ],
-    ids=["1e-3", "5E-2", "set-1e-3", "steps"],
+    ids=["1e-3", "5E-2", "set-1e-3", "steps", "merge-key-overridden", "set-beside-a-matrix"],
 )
 def test_valid_spec(invoke, write_pipeline, spec, sets):
     path = write_pipeline(spec)
@@ -381,3 +468,87 @@ def test_spec_error_subprocess_has_no_traceback(run_cli, write_pipeline, store):
         "2 errors; nothing was run",
     ], result
     assert not store.exists()
+
+
+# ------------------------------------------------------------------ bounded input: fast, small, no crash
+def test_an_alias_bomb_is_refused_at_once_in_bounded_memory():
+    """9**8 values written in 9 lines are refused without being built: sized per anchor."""
+    import time
+    import tracemalloc
+
+    from nnopt.core.errors import SpecError
+    from nnopt.core.yaml_source import parse_yaml
+
+    text = "\n".join(alias_bomb()) + "\nstages: {train: {values: *h}}\n"
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(SpecError) as err:
+            parse_yaml(text, "bomb.yaml")
+        seconds = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seconds < 0.5 and peak < 5_000_000, (seconds, peak)
+    assert [str(d) for d in err.value.diagnostics] == [
+        "bomb.yaml:6:6: x-f: this value expands to 597,871 values through YAML aliases (*name), more than the "
+        "100,000 the file may hold; write the values out, or use fewer aliases"]
+
+
+def test_merge_keys_resolve_each_anchor_once_and_written_keys_override_merged_ones():
+    """``<<: [*a x 9]`` nested 8 deep made PyYAML's flatten_mapping copy 9**8 pairs (minutes);
+    the result is one small mapping, got at once. A written key overrides a merged one (YAML's
+    merge rule), and of several merged mappings the first wins."""
+    import time
+
+    from nnopt.core.yaml_source import parse_yaml
+
+    lines = ["x-a: &a {k0: 0, k1: 1}"]
+    for before, name in zip("abcdefg", "bcdefgh"):
+        lines.append(f"x-{name}: &{name} {{<<: [{', '.join([f'*{before}'] * 9)}]}}")
+    lines.append("top: {<<: [*h, {k1: 5, k2: 2}], k0: 9}")
+    start = time.perf_counter()
+    data = parse_yaml("\n".join(lines) + "\n", "merge.yaml").data
+    assert time.perf_counter() - start < 0.5
+    assert data["x-h"] == {"k0": 0, "k1": 1}
+    assert data["top"] == {"k0": 9, "k1": 1, "k2": 2}
+
+
+def test_deep_nesting_is_a_located_error_not_a_crash(run_cli, write_pipeline, store):
+    """100,000 nested lists crashed the interpreter in libyaml's recursive composer (SIGSEGV)."""
+    path = write_pipeline(BASE + "x-deep: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = run_cli("run", path, "--store", store)
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [f"{path}:16:108: <root>: the file nests lists and mappings deeper than 100 levels",
+                                          "1 error; nothing was run"], result
+    assert not store.exists()
+
+
+def test_a_fifo_as_data_path_is_refused_without_opening_it(run_cli, write_pipeline, tmp_path, store):
+    """Reading a FIFO blocks until a writer comes: the run must not hang (timeout: a failure)."""
+    import os
+
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    path = write_pipeline(edit("{name: synthetic, task: gaussian_mixture, n_train: 128, n_test: 64, dim: 8, batch_size: 32}",
+                               f"{{name: npz, path: {fifo}}}"))
+    result = run_cli("run", path, "--store", store, timeout=120)
+    assert result.returncode == 2, result
+    assert f"{path}:2:" in result.stderr and "data.path: not a regular file (a pipe, socket or device)" in result.stderr, result
+    assert "Traceback" not in result.stderr and not store.exists()
+
+
+def test_a_matrix_is_counted_before_it_is_built():
+    """10**10 combinations: refused at once, naming the count, before one is built."""
+    import time
+
+    from nnopt.core.overrides import MAX_COMBINATIONS, expand_matrix
+    from nnopt.core.yaml_source import parse_yaml
+
+    source = parse_yaml(HUGE_MATRIX, "m.yaml")
+    start = time.perf_counter()
+    combos, problems = expand_matrix(source)
+    assert time.perf_counter() - start < 0.5
+    assert combos == [] and MAX_COMBINATIONS == 10_000
+    assert [(d.location.line, d.path) for d in problems] == [(16, "matrix")]
+    assert "10,000,000,000 combinations" in problems[0].message

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,10 +29,11 @@ class NpzParams(DatasetParams):
 
     @field_validator("path")
     @classmethod
-    def _exists(cls, value: str) -> str:
+    def _readable_file(cls, value: str) -> str:
         # found before anything runs (exit 2, located at `path`); `load` checks the contents
-        if not Path(value).expanduser().is_file():
-            raise ValueError(f"no such file: {value} (relative paths are taken from the working directory)")
+        problem = unreadable(Path(value).expanduser())
+        if problem:
+            raise ValueError(f"{problem}: {value} (relative paths are taken from the working directory)")
         return value
 
 
@@ -41,7 +45,8 @@ class Npz(Dataset):
     indices of shape (n,), num_classes = output_dim = max label + 1; for ``regression`` y
     becomes float32 of shape (n, k) (a 1-D y is read as (n, 1)), output_dim = k.
 
-    The file must exist when the pipeline is validated; it is read with ``allow_pickle=False``
+    The file must be a readable regular file when the pipeline is validated (a directory, a
+    FIFO or a device is a spec error at ``path``); it is read with ``allow_pickle=False``
     (an archive cannot run code) when the stage runs, and a malformed archive fails the
     stage with a one-line message. Its SHA-256 is part of the cache key, so editing the file
     recomputes every stage that used it. A relative path is taken from the working directory.
@@ -52,18 +57,40 @@ class Npz(Dataset):
 
     @classmethod
     def key_extras(cls, params: Params) -> dict[str, Any]:
+        # never raises (it runs while a key is serialized): a file that went away or became
+        # unreadable since validation keys as such, and its stage fails when it loads the file
         path = Path(params.path).expanduser()  # type: ignore[attr-defined]
-        if not path.is_file():
+        if unreadable(path):
             return {"missing": True}
         digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            with _open_regular(path) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            return {"missing": True}
         return {"sha256": digest.hexdigest()}
 
     @classmethod
     def watched_files(cls, params: Params) -> list[str]:
         return [params.path]  # type: ignore[attr-defined]
+
+    def shapes(self, seed: int) -> tuple[tuple[int, ...], int]:
+        """x_train's sample shape from its header in the archive, without reading the inputs;
+        the output dimension from the targets' header (regression) or their largest label
+        (classification: the labels are read, a small part of the archive)."""
+        p = self.params
+        path = Path(p.path).expanduser()
+        with zipfile.ZipFile(path) as archive:
+            x_shape = _header_shape(archive, "x_train")
+            if p.task == "regression":
+                y_shape = _header_shape(archive, "y_train")
+                output_dim = 1 if len(y_shape) == 1 else int(y_shape[1])
+            else:
+                with np.load(path, allow_pickle=False) as loaded:
+                    labels = [_targets(loaded[k], k, p.task) for k in ("y_train", "y_test")]
+                output_dim = int(max(y.max() for y in labels)) + 1
+        return (tuple(int(s) for s in x_shape[1:]) or (1,)), output_dim
 
     def load(self, seed: int) -> DataSplit:
         p = self.params
@@ -97,11 +124,48 @@ class Npz(Dataset):
         )
 
 
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a regular file this process can read, or None if it is one.
+
+    Only a regular file is opened: a FIFO would block the reader, and ``/dev/zero`` never
+    ends. A regular file is opened without blocking and its first byte read, which is what
+    fails for files such as ``/proc/self/mem``."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return f"cannot read the file ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "a directory, not a file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    try:
+        with _open_regular(path) as f:
+            f.read(1)
+    except OSError as err:
+        return f"cannot read the file ({err.strerror or err})"
+    return None
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, never blocking (it may have been swapped for a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The four arrays of the archive at ``path``; a ``StageError`` says what is wrong."""
-    if not path.is_file():
-        raise StageError(f"npz: no such file: {path}")
-    with path.open("rb") as f:
+    problem = unreadable(path)
+    if problem:
+        raise StageError(f"npz: {problem}: {path}")
+    with _open_regular(path) as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
         raise StageError(f"npz {path}: a single .npy array, not an .npz archive (save with numpy.savez)")
@@ -119,6 +183,15 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: loaded[k] for k in KEYS}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise StageError(f"npz {path}: cannot read its arrays without pickle ({e})") from None
+
+
+def _header_shape(archive: zipfile.ZipFile, key: str) -> tuple[int, ...]:
+    """The shape of array ``key`` of an ``.npz`` archive, read from its ``.npy`` header."""
+    with archive.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+    return tuple(shape)
 
 
 def _inputs(x: np.ndarray, key: str) -> np.ndarray:

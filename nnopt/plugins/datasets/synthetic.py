@@ -87,6 +87,11 @@ class Synthetic(Dataset):
     cache_version: ClassVar[int] = 1
     Params = SyntheticParams
 
+    def shapes(self, seed: int) -> tuple[tuple[int, ...], int]:
+        """From the params alone: inputs of ``dim``, one output per class or per target."""
+        p = self.params
+        return (p.dim,), p.classes if p.task == "gaussian_mixture" else p.outputs
+
     def load(self, seed: int) -> DataSplit:
         p = self.params
         g = torch.Generator(device="cpu").manual_seed(p.data_seed)

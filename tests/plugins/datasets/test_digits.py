@@ -1,5 +1,9 @@
 """Digits: a fixed stratified split and train-statistics standardization."""
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -71,3 +75,38 @@ def test_test_fraction_bounds():
     with pytest.raises(ValidationError):
         Digits.Params(test_fraction=1.0)
     assert len(load(test_fraction=0.5).x_test) == pytest.approx(1797 / 2, abs=10)
+
+
+def test_the_arrays_are_exactly_those_of_load_digits():
+    from nnopt.plugins.datasets.digits import read_digits
+
+    x, y = read_digits()
+    x_ref, y_ref = load_digits(return_X_y=True)
+    assert x.dtype == x_ref.dtype and y.dtype == y_ref.dtype
+    assert np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+
+
+def test_without_its_csv_file_digits_falls_back_to_load_digits(monkeypatch, default):
+    from nnopt.plugins.datasets import digits
+
+    monkeypatch.setattr(digits, "_bundled_csv", lambda: None)
+    again = load()
+    assert torch.equal(again.x_train, default.x_train) and torch.equal(again.y_test, default.y_test)
+
+
+def test_loading_digits_does_not_import_sklearn():
+    """Importing scikit-learn costs about a second, to read one small bundled CSV file."""
+    probe = ("import sys\n"
+             "from nnopt.plugins.datasets.digits import Digits\n"
+             "d = Digits(Digits.Params()).load(0)\n"
+             "print(len(d.x_train) + len(d.x_test), 'sklearn' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1797", "False"]
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_shapes_are_known_without_loading(flatten):
+    component = Digits(Digits.Params(flatten=flatten))
+    d = component.load(0)
+    assert component.shapes(0) == (d.input_shape, d.output_dim)

@@ -1,6 +1,8 @@
 """Npz: a user's own arrays, with one-line errors for everything that can be wrong."""
 
 import io
+import os
+import re
 
 import numpy as np
 import pytest
@@ -107,3 +109,52 @@ def test_checksum_is_the_cache_key_extra_and_the_file_is_watched(tmp_path):
     np.savez(path, **arrays(n=9))
     assert Npz.key_extras(params) != first
     assert Npz.watched_files(params) == [str(path)]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp, "a directory, not a file"),
+    (lambda tmp: "/dev/zero", "not a regular file"),
+    (lambda tmp: "/proc/self/mem", "cannot read the file"),
+    (lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1], "not a regular file"),  # never opened: it would block
+], ids=["directory", "device", "proc-self-mem", "fifo"])
+def test_a_path_that_is_not_a_readable_regular_file_is_a_validation_error(tmp_path, make, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Npz.Params(path=str(make(tmp_path)))
+
+
+def test_key_extras_never_raises_and_never_blocks(tmp_path):
+    """It runs while a stage key is serialized: an exception there is an internal error."""
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays())
+    params = Npz.Params(path=str(path))
+    path.unlink()
+    os.mkfifo(path)  # swapped for a FIFO after validation: reading would wait for a writer
+    assert Npz.key_extras(params) == {"missing": True}
+    for unreadable in ("/proc/self/mem", "/dev/zero", str(tmp_path)):
+        assert Npz.key_extras(Npz.Params.model_construct(path=unreadable)) == {"missing": True}
+
+
+@pytest.mark.parametrize("features, task", [((2, 3), "classification"), ((4,), "regression"), ((), "classification")],
+                         ids=["images", "regression", "1-d-inputs"])
+def test_shapes_from_the_headers_are_those_of_the_loaded_data(tmp_path, features, task):
+    data = arrays(features=features)
+    if task == "regression":
+        data["y_train"], data["y_test"] = np.zeros((6, 2)), np.zeros((3, 2))
+    else:
+        data["y_train"] = np.array([0, 1, 4, 1, 0, 2])
+    np.savez_compressed(tmp_path / "d.npz", **data)
+    component = npz(tmp_path / "d.npz", task=task)
+    d = component.load(0)
+    assert component.shapes(0) == (d.input_shape, d.output_dim)
+
+
+def test_shapes_read_no_input_array(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", **arrays(features=(5,)))
+    real_read_array = np.lib.format.read_array
+    read = []
+    monkeypatch.setattr(np.lib.format, "read_array",
+                        lambda fp, *a, **k: read.append(getattr(fp, "name", "?")) or real_read_array(fp, *a, **k))
+    assert npz(tmp_path / "d.npz").shapes(0) == ((5,), 3)
+    assert read and not any(name.startswith("x_") for name in read), read

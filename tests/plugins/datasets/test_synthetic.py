@@ -108,3 +108,14 @@ def test_resolved_params_with_all_defaults_validate_again():
     for task in ("teacher_student", "gaussian_mixture", "least_squares"):
         dumped = Synthetic.Params(task=task).model_dump(mode="json")
         assert Synthetic.Params.model_validate(dumped).model_dump(mode="json") == dumped
+
+
+@pytest.mark.parametrize("params", [
+    {"task": "teacher_student", "dim": 5, "outputs": 3},
+    {"task": "gaussian_mixture", "dim": 6, "classes": 4},
+    {"task": "least_squares", "dim": 3, "outputs": 2},
+], ids=["teacher_student", "gaussian_mixture", "least_squares"])
+def test_shapes_from_the_params_are_those_of_the_loaded_data(params):
+    component = Synthetic(Synthetic.Params(n_train=16, n_test=8, **params))
+    d = component.load(0)
+    assert component.shapes(0) == (d.input_shape, d.output_dim)
