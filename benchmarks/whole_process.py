@@ -13,10 +13,12 @@ and other load on the machine hit both alike) and medians are reported.
     python benchmarks/whole_process.py [--epochs 20 150] [--repeats 5] [--no-breakdown]
 
 prints one JSON line per length; ``ratio`` = nnopt / plain (below 1: nnopt is faster).
-Unless ``--no-breakdown``, one more nnopt run per length under ``python -X importtime``
-with timestamps around its phases prints on stderr where nnopt's time goes: interpreter
-start, imports by package, planning, seeding, data, the loop, and after the loop the
-evaluation, weights, plots and manifest, then interpreter exit.
+Unless ``--no-breakdown``, three more nnopt runs per length under ``python -X importtime``,
+with timestamps around their phases, print on stderr (medians) where nnopt's time goes:
+interpreter start, imports by package, planning, seeding, data, the loop, after the loop the
+evaluation, weights, plots and manifest, interpreter exit, and garbage-collection pauses.
+nnopt's runs use a private registry of live runs (``$NNOPT_RUNTIME_DIR``): other nnopt runs on
+the machine would otherwise take threads from it, and the plain script heeds none either.
 """
 
 from __future__ import annotations
@@ -92,9 +94,18 @@ print(json.dumps({"steps": steps, "test_accuracy": accuracy}))
 # to $NNOPT_BREAKDOWN at exit. Wrapping is by name and skips what a refactor renamed, so the
 # breakdown degrades to coarser phases instead of failing.
 DRIVER = r'''
-import atexit, functools, json, os, sys, time
+import atexit, functools, gc, json, os, sys, time
 T0 = time.monotonic()
 events = []
+gc_started = [0.0]
+
+def gc_timer(phase, info):
+    if phase == "start":
+        gc_started[0] = time.monotonic()
+    else:
+        events.append((f"gc{info['generation']}", gc_started[0], time.monotonic()))
+
+gc.callbacks.append(gc_timer)
 
 def wrap(owner, name, label):
     import inspect
@@ -167,6 +178,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comple
 
 
 def measure(epochs: int, repeats: int, tmp: Path) -> dict[str, float]:
+    """Whole-process wall times of both, alternating, after one warm-up run of each."""
     pipeline = tmp / f"whole_{epochs}.yaml"
     pipeline.write_text(PIPELINE.format(epochs=epochs))
     plain = tmp / "plain.py"
@@ -251,6 +263,7 @@ def breakdown(epochs: int, tmp: Path, repeats: int) -> dict[str, object]:
 
 
 def breakdown_once(epochs: int, tmp: Path, i: int) -> dict[str, dict[str, float]]:
+    """One nnopt run under ``-X importtime`` with the driver's stamps, as phases and import groups."""
     pipeline = tmp / f"whole_{epochs}.yaml"
     out = tmp / f"breakdown_{epochs}.json"
     driver = tmp / "driver.py"
@@ -284,7 +297,7 @@ def breakdown_once(epochs: int, tmp: Path, i: int) -> dict[str, dict[str, float]
         "run_plan up to the stage (run record, lock)": c0 - ev["run_plan"][0][0],
         "stage start to seeding (torch import if planning did not)": first_seed - c0,
         "seeding (_seed_everything)": total("seeding"),
-        "stage set-up before the loop (data, model, optimizer)": loop0 - r0,
+        "stage set-up before the loop (data, model; a torch.optim optimizer imports torch._dynamo)": loop0 - r0,
         "  of which data (ctx.load_data)": total("data"),
         "training loop": loop1 - loop0,
         "after the loop, in the stage": r1 - loop1,
@@ -297,6 +310,8 @@ def breakdown_once(epochs: int, tmp: Path, i: int) -> dict[str, dict[str, float]
         "  of which commit (artifact sha256, manifest, rename)": total("commit"),
         "after run_plan: plan index, run record, summary": rec["t_exit"] - ev["run_plan"][-1][1],
         "interpreter exit (atexit, teardown)": end - rec["t_exit"],
+        "garbage collection pauses before exit, full (gen 2)": total("gc2"),
+        "garbage collection pauses before exit, young (gen 0, 1)": total("gc0") + total("gc1"),
     }
     return {"wall": {"wall": wall}, "phases": phases, "imports": import_groups(proc.stderr)}
 

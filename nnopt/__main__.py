@@ -1,3 +1,3 @@
-from nnopt.cli import main
+from nnopt.cli import entry
 
-main()
+entry()

@@ -158,8 +158,8 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
 
 
 def _share_the_cpu_politely(store) -> None:
-    """Register this run among the machine's live nnopt runs, before torch loads; with others
-    live, its OpenMP threads wait passively (unless the user set OMP_WAIT_POLICY). Runs in
+    """Register this run among the machine's nnopt runs, before torch loads; with others
+    computing, its OpenMP threads wait passively (unless the user set OMP_WAIT_POLICY). Runs in
     any store share this CPU, so ``store`` is not consulted; each stage then takes its share
     of the cores (``nnopt.core.cpu_share``). Spinning threads of two runs on 2 cores slowed
     both 10-100x (measured); alone, spinning is fastest, so it stays the default."""
@@ -184,6 +184,9 @@ def _finish(result, as_json: bool) -> None:
             click.echo(f"{r.pipeline} {_params_text(r.params)}run {r.run}: {r.status}")
             for s in r.stages:
                 click.echo(f"  {s.id:<14} {s.status:<8} {s.dir or s.message or ''}")
+    from nnopt.core.gc_policy import freeze_survivors
+
+    freeze_survivors()  # interpreter exit would otherwise walk every object once more
     sys.exit(EXIT_FAILED if result.failed else 0)
 
 
@@ -357,5 +360,13 @@ def report(ref: str, store_dir: str | None, output: str | None) -> None:
     click.echo(write_report(_store(store_dir), ref, Path(output) if output else None))
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """The ``nnopt`` command (console script and ``python -m nnopt``)."""
+    from nnopt.core.gc_policy import hold_during_startup
+
+    hold_during_startup()  # the imports' objects live as long as the process: no point walking them
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -30,6 +30,19 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE_PLUGINS = REPO / "tests" / "fixtures" / "plugins"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cpu_share_registry(tmp_path_factory: pytest.TempPathFactory):
+    """The suite's nnopt runs share the CPU among themselves only: another test session on
+    the machine must not change this one's thread counts (which can change result bits)."""
+    old = os.environ.get("NNOPT_RUNTIME_DIR")
+    os.environ["NNOPT_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("nnopt-runtime"))
+    yield
+    if old is None:
+        os.environ.pop("NNOPT_RUNTIME_DIR", None)
+    else:
+        os.environ["NNOPT_RUNTIME_DIR"] = old
+
+
 @dataclass
 class CliResult:
     """What a CLI run left behind (subprocess or in-process alike)."""

@@ -261,7 +261,7 @@ class TrainLoop:
     # ------------------------------------------------------------------ resumption
     def state_dict(self) -> dict[str, Any]:
         """Everything the loop continues from: weights, optimizer, schedule, every RNG, the
-        epoch's permutation, the curves, and each callback's own state."""
+        epoch's permutation, the curves, each callback's own state, and the thread count."""
         import torch
 
         return {
@@ -271,6 +271,7 @@ class TrainLoop:
             "torch_rng": torch.get_rng_state(), "perm": self._perm.cpu() if self._perm is not None else None,
             "train_curve": self.train_curve, "test_curve": self.test_curve, "test": self.test,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "torch_threads": torch.get_num_threads(),  # the count can change bits: resume with the same
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -287,6 +288,10 @@ class TrainLoop:
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
             if cb_state is not None:
                 cb.load_state_dict(cb_state)
+        if state.get("torch_threads"):
+            from .cpu_share import use_threads
+
+            use_threads(int(state["torch_threads"]))
 
     # ------------------------------------------------------------------ running
     def run(self) -> LoopResult:  # noqa: C901 - the hot loop, kept in one place and free of branches per feature

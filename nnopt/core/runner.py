@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import StageError
+from .gc_policy import freeze_survivors
 from .planner import Plan, PlannedStage
 from .stage import ResolvedWeights, StageContext, json_safe, weights_file
 from .store import CHECKPOINT, StageBusy, Store, read_json, write_json
@@ -206,6 +207,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     from .progress import StageProgress
 
     device = torch.device(resolve_device(plan.device))
+    freeze_survivors()  # the engine's and torch's objects outlive every stage: collections skip them
     determinism = _seed_everything(st.seed, device)
     workdir = store.workdir(st.key, resume)
     weights = {}
@@ -255,7 +257,8 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
 
 def _seed_everything(seed: int, device: "Any") -> dict[str, Any]:
     """Seed Python, numpy and torch; ask torch for deterministic kernels; fix this stage's CPU
-    thread count, its share of the cores among live runs (``cpu_share``). Returns the flags."""
+    thread count, its share of the cores among the runs computing here (``cpu_share``).
+    Returns the flags."""
     import numpy as np
     import torch
 
@@ -265,7 +268,7 @@ def _seed_everything(seed: int, device: "Any") -> dict[str, Any]:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    use_deterministic_algorithms(warn_only=True)  # not torch's own: that imports inductor, ~1 s
+    use_deterministic_algorithms(warn_only=True)  # not torch's own: it imports torch._inductor, ~1 s
     torch.backends.cudnn.benchmark = False
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -93,12 +93,12 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
 
 def test_a_run_is_registered_by_its_pid_while_it_lives_and_not_after(registry, probe):
     proc = probe()
-    assert cpu_share.live_runs() == [proc.pid]
+    assert cpu_share.computing_runs() == [proc.pid]
     assert (registry / str(proc.pid)).is_file()
     proc.stdin.close()
     proc.wait(timeout=30)
     assert not (registry / str(proc.pid)).exists()  # removed at exit
-    assert cpu_share.live_runs() == []
+    assert cpu_share.computing_runs() == []
 
 
 def test_files_of_dead_processes_and_of_reused_pids_are_ignored_and_removed(registry, probe):
@@ -110,11 +110,30 @@ def test_files_of_dead_processes_and_of_reused_pids_are_ignored_and_removed(regi
     reused = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:  # a file naming a live pid, written by an earlier process that had that pid
         (registry / str(reused.pid)).write_text(json.dumps({"pid": reused.pid, "start": 1}))
-        assert cpu_share.live_runs() == [live.pid]
+        assert cpu_share.computing_runs() == [live.pid]
         assert sorted(p.name for p in registry.iterdir()) == [str(live.pid)]
     finally:
         reused.stdin.close()
         reused.wait(timeout=30)
+
+
+def test_a_registered_process_idle_since_an_old_stamp_does_not_count_and_a_busy_one_does(registry, probe):
+    idle, busy = probe(), subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)  # the busy one's CPU time grows meanwhile
+        ticks = os.sysconf("SC_CLK_TCK")
+        for proc in (idle, busy):
+            stat = cpu_share._proc_stat(proc.pid)
+            record = {"pid": proc.pid, "start": cpu_share._field(stat, 22), "at": time.time() - 60}
+            # as if stamped a minute ago: the idle one has used nothing since, the busy one 30 s
+            spent = 0 if proc is idle else 30 * ticks
+            record["cpu"] = cpu_share._cpu_ticks(stat) - spent
+            (registry / str(proc.pid)).write_text(json.dumps(record))
+        assert cpu_share.computing_runs() == [busy.pid]
+        assert (registry / str(idle.pid)).exists()  # alive: its file stays, for when it computes again
+    finally:
+        busy.kill()
+        busy.wait(timeout=30)
 
 
 def test_two_concurrent_cpu_bound_runs_on_different_stores_divide_the_cores(tmp_path, env, registry):
@@ -176,4 +195,4 @@ def test_a_registry_directory_owned_by_someone_else_turns_sharing_off(tmp_path, 
     monkeypatch.setenv(cpu_share.ENV_DIR, str(link))
     assert cpu_share.runtime_dir() is None
     cpu_share.register()
-    assert cpu_share.live_runs() == [] and not list(target.iterdir())
+    assert cpu_share.computing_runs() == [] and not list(target.iterdir())

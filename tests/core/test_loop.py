@@ -203,3 +203,18 @@ def test_optimizer_components_choose_their_step_rule():
 
     assert isinstance(Optimizer().step_rule(), BackwardStep)
     assert isinstance(Closure().step_rule(), ClosureStep)
+
+
+def test_a_resumed_loop_runs_on_the_thread_count_it_was_checkpointed_with():
+    """Summation order, and so the bits, can depend on the thread count: resumption restores it."""
+    loop, ctx = make_loop(total=12, checkpoint_due=lambda s: s == 6)
+    loop.run()
+    (state,) = ctx.checkpoints
+    before = torch.get_num_threads()
+    try:
+        state["torch_threads"] = 1 if before != 1 else 2
+        again, _ = make_loop(total=12)
+        again.load_state_dict(state)
+        assert torch.get_num_threads() == state["torch_threads"]
+    finally:
+        torch.set_num_threads(before)
