@@ -44,3 +44,19 @@ def test_a_run_with_store_and_json_before_the_command(invoke, write_pipeline, tm
 def test_an_option_a_command_does_not_take_is_a_usage_error(invoke, write_pipeline):
     result = invoke("--json", "validate", str(write_pipeline(PIPELINE)))
     assert result.exit_code == 2 and "--json" in result.stderr
+
+
+def test_plan_shows_each_models_parameter_count_and_weight_bytes(invoke, write_pipeline, tmp_path):
+    """MLP 4 -> 4 -> 2 classes (gaussian_mixture's default): (4·4 + 4) + (4·C + C) parameters."""
+    path = write_pipeline(PIPELINE)
+    result = invoke("plan", str(path), "--json", "--store", str(tmp_path / "s"))
+    assert result.exit_code == 0, result
+    (train,) = json.loads(result.stdout)["stages"]
+    out = json.loads(invoke("run", str(path), "--json", "--store", str(tmp_path / "s")).stdout)
+    from safetensors.torch import load_file
+
+    weights = load_file(f"{out['stages']['train']['dir']}/weights/final.safetensors")
+    assert train["parameters"] == sum(t.numel() for t in weights.values())
+    assert train["weight_bytes"] == sum(t.numel() * t.element_size() for t in weights.values())
+    text = invoke("plan", str(path), "--store", str(tmp_path / "s")).stdout
+    assert f"{train['parameters']:,} params" in text
