@@ -13,7 +13,7 @@ class NoNorm(Normalizer):
     The baseline that normalization methods are measured against — BatchNorm (Ioffe &
     Szegedy 2015, survey §4.3, ref. [92]), LayerNorm, weight and spectral normalization. It
     exists as a named component so that a pipeline can say ``norm: none`` explicitly and a
-    ``matrix`` can sweep ``model.norm.name: [none, batch_norm, ...]``; its behaviour is the
+    ``matrix`` can sweep ``model.norm.name: [none, batchnorm, ...]``; its behaviour is the
     base ``Normalizer``'s (``feature_layer`` returns None, ``parametrize`` returns the layer).
     """
 
