@@ -114,3 +114,35 @@ class SELU(_Elementwise):
 
     module = nn.SELU
     torch_gain = "selu"
+
+
+class SiLU(_Elementwise):
+    """φ(x) = x·σ(x), the swish / SiLU (Ramachandran et al. 2017; Elfwing et al. 2018)."""
+
+    module = nn.SiLU
+
+
+class _ErfModule(nn.Module):
+    def forward(self, x):  # noqa: D102 - φ(x) = erf(x)
+        import torch
+
+        return torch.special.erf(x)
+
+
+class Erf(_Elementwise):
+    """φ(x) = erf(x) = (2/√π)∫₀ˣ e^{−t²} dt: a tanh-like sigmoid whose Gaussian expectations have
+    closed forms, the usual activation of mean-field and NTK calculations (Williams 1997)."""
+
+    module = _ErfModule
+
+
+class _SquareModule(nn.Module):
+    def forward(self, x):  # noqa: D102 - φ(x) = x²
+        return x * x
+
+
+class Quadratic(_Elementwise):
+    """φ(x) = x², the quadratic activation of the landscape analyses of shallow networks
+    (e.g. Soltanolkotabi, Javanmard & Lee 2018; Du & Lee 2018; survey §6)."""
+
+    module = _SquareModule

@@ -23,6 +23,9 @@ X = torch.linspace(-3, 3, 61)
         (act.ELU, {"alpha": 0.5}, lambda x: torch.where(x > 0, x, 0.5 * (torch.exp(x) - 1))),
         (act.Softplus, {"beta": 2.0}, lambda x: torch.log1p(torch.exp(2 * x)) / 2),
         (act.SELU, {}, lambda x: 1.0507009873554805 * torch.where(x > 0, x, 1.6732632423543772 * (torch.exp(x) - 1))),
+        (act.SiLU, {}, lambda x: x / (1 + torch.exp(-x))),
+        (act.Erf, {}, lambda x: torch.erf(x)),
+        (act.Quadratic, {}, lambda x: x**2),
     ],
 )
 def test_module_computes_phi(cls, params, phi):
@@ -42,7 +45,8 @@ def test_out_of_range_or_unknown_params_are_rejected(cls, params):
         cls.Params(**params)
 
 
-@pytest.mark.parametrize("name, params", [("gelu", {}), ("elu", {}), ("softplus", {}), ("relu", {}), ("linear", {})])
+@pytest.mark.parametrize("name, params", [("gelu", {}), ("elu", {}), ("softplus", {}), ("relu", {}), ("linear", {}),
+                                          ("swish", {}), ("erf", {}), ("quadratic", {})])
 def test_the_second_moment_gain_preserves_a_unit_gaussians_second_moment(name, params):
     """g = (E φ(z)²)^(-1/2), z ~ N(0, 1): checked by Monte Carlo against the quadrature of
     ``Activation.gain`` (the default every activation without a torch gain uses)."""
@@ -64,3 +68,11 @@ def test_activations_with_a_torch_gain_report_torchs():
         assert cls(cls.Params()).gain() == pytest.approx(gain)
     cls, _ = Registry().load("activations", "leaky_relu")
     assert cls(cls.Params(negative_slope=0.2)).gain() == pytest.approx((2 / (1 + 0.04)) ** 0.5)
+
+
+def test_aliases_name_the_same_activation():
+    from nnopt.core.registry import Registry
+
+    registry = Registry()
+    assert registry.load("activations", "swish")[0] is registry.load("activations", "silu")[0] is act.SiLU
+    assert registry.load("activations", "identity")[0] is act.Linear
