@@ -79,3 +79,21 @@ def test_default_activation_is_a_relu_ref_and_widths_are_validated():
     assert params.widths == [256, 128] and params.activation.name == "relu"
     with pytest.raises(ValidationError):
         MLP.Params(widths=[0])
+
+
+def test_the_normalizer_can_follow_the_activation():
+    model = mlp(norm_position="after_activation").build((4,), 3, Recording())
+    assert list(dict(model.named_children()))[1:4] == ["linear1", "act1", "norm1"]
+
+
+def test_last_activation_and_dropout_layers():
+    model = mlp(widths=(8,), activation=Tanh, last_activation=True, dropout=0.5).build((4,), 3, Normalizer())
+    assert list(dict(model.named_children())) == ["flatten", "linear1", "act1", "dropout1", "output", "output_act"]
+    model.eval()  # dropout is the identity in eval mode: f = tanh(W2 tanh(W1 x + b1) + b2)
+    x = torch.randn(5, 4)
+    hidden = torch.tanh(x @ model.linear1.weight.T + model.linear1.bias)
+    torch.testing.assert_close(model(x), torch.tanh(hidden @ model.output.weight.T + model.output.bias))
+    model.train()
+    assert (model.dropout1(torch.ones(1000)) == 0).float().mean().item() == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(ValidationError):
+        MLP.Params(dropout=1.0)
