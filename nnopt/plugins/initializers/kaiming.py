@@ -1,34 +1,32 @@
-"""Kaiming (He) initialization (survey §4.2, eq. (17))."""
+"""Kaiming (He) initialization, normal and uniform (survey §4.2, eq. (17))."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
-from torch.nn.utils import parametrize
 
 from nnopt.core.component import Params
-from nnopt.core.kinds import Activation, Initializer
+from nnopt.core.kinds import Activation
+
+from ._common import (
+    BiasMode, Nonlinearity, WeightInitializer, bias_field, empty_for, fans, negative_slope_field, nonlinearity_field,
+    resolve_gain,
+)
 
 
 class KaimingNormalParams(Params):
     mode: Literal["fan_in", "fan_out"] = Field(
         "fan_in", description="fan_in preserves forward signal variance, fan_out the backward one"
     )
-    nonlinearity: Literal["auto", "relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = Field(
-        "auto", description="whose gain is used: auto = the architecture's own activation (its `gain()`: "
-        "relu √2, linear/sigmoid 1, tanh 5/3, selu 3/4, others (E φ(z)²)^(-1/2)); or a name, whatever the activation"
-    )
-    negative_slope: float = Field(
-        0.01, ge=0.0, le=1.0, description="slope a of leaky_relu (gain √(2/(1+a²))); used only with nonlinearity: leaky_relu"
-    )
-    bias: Literal["zero", "keep"] = Field("zero", description="zero the biases, or keep the architecture's")
+    nonlinearity: Nonlinearity = nonlinearity_field("auto", "relu's √2")
+    negative_slope: float = negative_slope_field()
+    bias: BiasMode = bias_field()
 
 
-class KaimingNormal(Initializer):
+class KaimingNormal(WeightInitializer):
     """He et al. 2015, "Delving deep into rectifiers" (survey §4.2, eq. (17), ref. [87]).
 
     Every weight W^l of a Linear or Conv layer is drawn i.i.d. W^l_ij ~ N(0, gain² / fan),
@@ -55,37 +53,27 @@ class KaimingNormal(Initializer):
     def gain(self, activation: Activation | None) -> float:
         """The gain this initializer uses with ``activation`` (see the class docstring)."""
         p = self.params
-        if p.nonlinearity != "auto":
-            return float(nn.init.calculate_gain(p.nonlinearity, p.negative_slope if p.nonlinearity == "leaky_relu" else None))
-        return activation.gain() if activation is not None else math.sqrt(2.0)
+        return resolve_gain(p.nonlinearity, p.negative_slope, activation, unknown=math.sqrt(2.0))
 
-    def initialize(
-        self, model: nn.Module, sample_inputs: Callable[[], torch.Tensor], generator: torch.Generator,
-        activation: Activation | None = None,
-    ) -> None:
-        p = self.params
-        gain = self.gain(activation)
-        for module in model.modules():
-            if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-                continue
-            weight = module.weight
-            if weight.dim() < 2:
-                continue
-            receptive = math.prod(weight.shape[2:])
-            fan = weight.shape[1] * receptive if p.mode == "fan_in" else weight.shape[0] * receptive
-            drawn = torch.empty(weight.shape, dtype=weight.dtype, device=generator.device)
-            drawn.normal_(0.0, gain / math.sqrt(fan), generator=generator)
-            _assign(module, "weight", drawn)
-            if p.bias == "zero" and module.bias is not None:
-                _assign(module, "bias", torch.zeros_like(module.bias))
+    def std(self, weight: torch.Tensor, gain: float) -> float:
+        fan_in, fan_out = fans(weight.shape)
+        return gain / math.sqrt(fan_in if self.params.mode == "fan_in" else fan_out)
+
+    def draw(self, weight: torch.Tensor, generator: torch.Generator, gain: float) -> torch.Tensor:
+        return empty_for(weight, generator).normal_(0.0, self.std(weight, gain), generator=generator)
 
 
-def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Set ``module.<name>`` to ``value`` in place, through a parametrization if it has one."""
-    with torch.no_grad():
-        current = getattr(module, name)
-        value = value.to(device=current.device, dtype=current.dtype)
-        if parametrize.is_parametrized(module, name):
-            setattr(module, name, value)
-        else:
-            current.copy_(value)
+class KaimingUniform(KaimingNormal):
+    """He et al. 2015 (survey §4.2, eq. (17), ref. [87]), uniform with the same variance.
+
+    W^l_ij ~ U(−b, b) with b = gain·√(3 / fan), so var(W^l_ij) = b²/3 = gain²/fan exactly as
+    ``kaiming_normal`` (whose docstring explains fan, mode, the gain and its ``auto`` default
+    of the architecture's activation, √2 when unknown, and ``bias``).
+    """
+
+    cache_version: ClassVar[int] = 1
+    Params = KaimingNormalParams
+
+    def draw(self, weight: torch.Tensor, generator: torch.Generator, gain: float) -> torch.Tensor:
+        bound = math.sqrt(3.0) * self.std(weight, gain)
+        return empty_for(weight, generator).uniform_(-bound, bound, generator=generator)
