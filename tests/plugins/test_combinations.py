@@ -17,7 +17,7 @@ from nnopt.core.yaml_source import Source
 REGISTRY = Registry()
 #: normalizers that need feature maps (they refuse a fully connected layer, tested on their own)
 SPATIAL_ONLY = {"instancenorm"}
-ARCHITECTURES = {"mlp": {"widths": [16, 16], "activation": "tanh"}}
+ARCHITECTURES = {"mlp": {"widths": [16, 16], "activation": "tanh"}, "linear": {"widths": [16, 16]}}
 #: initializers with a required parameter
 INIT_PARAMS = {"constant": {"value": 0.1}}
 #: weight (spectral) normalization divides each row (the matrix) by its norm: an initializer

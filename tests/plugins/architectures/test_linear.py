@@ -1,0 +1,51 @@
+"""Deep linear networks: f = W^L ⋯ W^1 x, and the scalar chain f = w_L ⋯ w_1 · x."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nnopt.core.errors import StageError
+from nnopt.core.kinds import Normalizer
+from nnopt.plugins.architectures.linear import DeepLinear, ScalarChain
+
+
+def test_a_deep_linear_network_is_the_product_of_its_matrices():
+    model = DeepLinear(DeepLinear.Params(widths=[7, 5])).build((4,), 3, Normalizer())
+    x = torch.randn(6, 4)
+    product = model.output.weight @ model.linear2.weight @ model.linear1.weight
+    torch.testing.assert_close(model(x), x @ product.T)
+    assert all(b is None for b in (model.linear1.bias, model.output.bias))
+
+
+def test_the_scalar_chain_gradient_scales_like_w_to_the_depth_minus_one():
+    """∂f/∂w_l = (∏_{k≠l} w_k)·x: with every w = 1.1 (0.9) the gradient explodes (vanishes) in L."""
+    for w, grows in ((1.1, True), (0.9, False)):
+        norms = []
+        for depth in (5, 20, 40):
+            model = ScalarChain(ScalarChain.Params(depth=depth, init=w)).build((1,), 1, Normalizer())
+            model(torch.ones(1, 1)).sum().backward()
+            torch.testing.assert_close(model.weights.grad, torch.full((depth,), w ** (depth - 1)))
+            norms.append(model.weights.grad.abs().max().item())
+        assert (norms == sorted(norms)) == grows
+
+
+def test_the_scalar_chain_needs_as_many_outputs_as_inputs():
+    with pytest.raises(StageError, match="as many outputs as inputs"):
+        ScalarChain(ScalarChain.Params()).build((4,), 2, Normalizer())
+
+
+def test_a_deep_linear_pipeline_fits_least_squares(invoke, write_pipeline, tmp_path):
+    path = write_pipeline("""\
+        name: dln
+        data: {name: synthetic, task: least_squares, n_train: 256, n_test: 64, dim: 8, batch_size: 256}
+        model: {arch: {name: linear, widths: [16, 16]}, init: {name: orthogonal}}
+        loss: mse
+        stages:
+          train: {kind: train, optimizer: {name: sgd, lr: 0.05}, steps: 300}
+        """)
+    result = invoke("run", str(path), "--json", "--store", str(tmp_path / "s"))
+    assert result.exit_code == 0, result
+    assert json.loads(result.stdout)["stages"]["train"]["metrics"]["train_loss"] < 1e-3
