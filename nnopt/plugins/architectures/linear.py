@@ -21,6 +21,7 @@ class DeepLinearParams(Params):
         [64, 64], description="hidden widths d_1..d_{L-1}, each >= 1; [] is a single linear map"
     )
     bias: bool = Field(False, description="give every layer a bias (a deep linear network has none)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate p after each hidden layer (0: none)")
 
 
 class DeepLinear(Architecture):
@@ -43,7 +44,8 @@ class DeepLinear(Architecture):
 
         identity = ActivationRef.model_validate("identity")
         identity.resolve(Linear, Linear.Params())
-        mlp = MLP(MLP.Params(widths=list(self.params.widths), activation=identity, bias=self.params.bias))
+        p = self.params
+        mlp = MLP(MLP.Params(widths=list(p.widths), activation=identity, bias=p.bias, dropout=p.dropout))
         return mlp.build(input_shape, output_dim, normalizer)
 
     def activation(self) -> Activation:

@@ -49,3 +49,8 @@ def test_a_deep_linear_pipeline_fits_least_squares(invoke, write_pipeline, tmp_p
     result = invoke("run", str(path), "--json", "--store", str(tmp_path / "s"))
     assert result.exit_code == 0, result
     assert json.loads(result.stdout)["stages"]["train"]["metrics"]["train_loss"] < 1e-3
+
+
+def test_a_deep_linear_network_takes_a_dropout_rate():
+    model = DeepLinear(DeepLinear.Params(widths=[8], dropout=0.25)).build((4,), 3, Normalizer())
+    assert isinstance(model.dropout1, torch.nn.Dropout) and model.dropout1.p == 0.25
