@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from .code_digest import code_digest
+from .refs import components_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from .planner import PlannedStage
@@ -64,10 +65,9 @@ def _resolved(stage: "PlannedStage", context: dict[str, Any] | None) -> dict[str
 def _code(stage: "PlannedStage") -> dict[str, str]:
     """``{"stages/<kind>": digest, "<kind>/<name>": digest}``: the source digest of the stage
     kind and of every component the stage uses (``code_digest``)."""
-    from .planner import _components  # planner imports this module: import when called
 
     code = {f"stages/{stage.kind}": code_digest(stage.cls)}
-    code.update({f"{ref.kind}/{ref.name}": code_digest(ref.component) for ref in _components(stage)})
+    code.update({f"{ref.kind}/{ref.name}": code_digest(ref.component) for ref in components_of(stage)})
     return dict(sorted(code.items()))
 
 

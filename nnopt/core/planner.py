@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .component import ComponentRef, WeightRef
 from .errors import Diagnostic, Location, PluginError, Problems, SpecError, did_you_mean
 from .keys import stage_key
+from .refs import components_of, find_refs
 from .model_size import ModelSizes, device_memory, human_bytes
 from .model_spec import ModelSpec
 from .overrides import expand, parse_set
@@ -131,7 +132,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
     graph: dict[str, set[str]] = {}
     for sid, (cls, spec) in stage_specs.items():
         weights = {}
-        for path, ref in _find(spec, ("stages", sid), WeightRef):
+        for path, ref in find_refs(spec, ("stages", sid), WeightRef):
             problem = _check_weight_ref(ref, sid, stage_specs, set(map(str, raw_stages)))
             if problem:
                 message, hint = problem
@@ -277,7 +278,7 @@ def _check_fields_alone(model: type[BaseModel], raw: dict[str, Any], err: Valida
 
 def resolve_components(obj: Any, path: Path, source: Source, registry: Registry, problems: Problems) -> None:
     """Resolve every component reference in ``obj`` (recursively, params included)."""
-    for ref_path, ref in _find(obj, path, ComponentRef):
+    for ref_path, ref in find_refs(obj, path, ComponentRef):
         _resolve_ref(ref, ref_path, source, registry, problems)
 
 
@@ -302,28 +303,6 @@ def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Regist
     resolve_components(params, path, source, registry, problems)
 
 
-def _find(obj: Any, path: Path, kind: type) -> list[tuple[Path, Any]]:
-    """Every instance of ``kind`` inside ``obj`` with its YAML path. Component params sit
-    at their ref's own level in YAML, so a ref's resolved params share the ref's path."""
-    found: list[tuple[Path, Any]] = []
-    if isinstance(obj, kind):
-        found.append((path, obj))
-    if isinstance(obj, ComponentRef):  # its params, once resolved (nested components)
-        if obj.is_resolved:
-            found += _find(obj.resolved, path, kind)
-        return found
-    if isinstance(obj, BaseModel):
-        for name, info in type(obj).model_fields.items():
-            found += _find(getattr(obj, name), path + (info.alias or name,), kind)
-    elif isinstance(obj, (list, tuple)):
-        for i, item in enumerate(obj):
-            found += _find(item, path + (i,), kind)
-    elif isinstance(obj, dict):
-        for k, item in obj.items():
-            found += _find(item, path + (k,), kind)
-    return found
-
-
 def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Stage], StageSpec]],
                       all_ids: set[str]) -> tuple[str, str | None] | None:
     if ref.stage == sid:
@@ -344,15 +323,10 @@ def _check_weight_ref(ref: WeightRef, sid: str, stages: dict[str, tuple[type[Sta
     return None
 
 
-def _components(st: PlannedStage) -> list[ComponentRef]:
-    """Every resolved component a stage uses: in its spec and in its effective inputs."""
-    return [ref for part in (st.spec, st.data, st.model, st.loss) for _, ref in _find(part, (), ComponentRef) if ref.is_resolved]
-
-
 def _providers_of(st: PlannedStage, registry: Registry) -> dict[str, str]:
     """``{"kind/name": "distribution version"}`` of the stage kind and every component used."""
     used = {f"stages/{st.kind}": registry.entry("stages", st.kind).provider}
-    used.update({f"{ref.kind}/{ref.name}": ref.distribution for ref in _components(st)})
+    used.update({f"{ref.kind}/{ref.name}": ref.distribution for ref in components_of(st)})
     return dict(sorted(used.items()))
 
 
@@ -363,7 +337,7 @@ def _watched(st: PlannedStage) -> list[str]:
     from .code_digest import source_files
 
     files = source_files(st.cls)
-    for ref in _components(st):
+    for ref in components_of(st):
         files += ref.component.watched_files(ref.resolved)
         files += source_files(ref.component)
     return [os.path.abspath(f) for f in files if f]

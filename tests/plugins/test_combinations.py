@@ -18,8 +18,9 @@ REGISTRY = Registry()
 #: normalizers that need feature maps (they refuse a fully connected layer, tested on their own)
 SPATIAL_ONLY = {"instancenorm"}
 ARCHITECTURES = {"mlp": {"widths": [16, 16], "activation": "tanh"}, "linear": {"widths": [16, 16]}}
-#: initializers with a required parameter
-INIT_PARAMS = {"constant": {"value": 0.1}}
+#: initializers with a required parameter, or one an architecture needs (the identity of
+#: `linear` is scale-free: its only critical point has no bias variance)
+INIT_PARAMS = {"constant": {"value": 0.1}, "critical": {"sigma_b2": 0.0}}
 #: weight (spectral) normalization divides each row (the matrix) by its norm: an initializer
 #: that can leave a row (the matrix) all zero leaves 0/0, and training reports the run diverged
 UNDEFINED = {("weightnorm", "zeros"), ("weightnorm", "sparse"), ("spectralnorm", "zeros")}
