@@ -30,6 +30,20 @@ stages:
 """
 
 
+#: a train stage of the demo plugin's optimizer: what tests of edited plugin code run
+SIGNSGD = """\
+name: signsgd
+data: {name: synthetic, task: gaussian_mixture, n_train: 64, n_test: 32, dim: 4, batch_size: 32}
+model: {arch: {name: mlp, widths: [8]}}
+loss: cross_entropy
+stages:
+  train:
+    kind: train
+    optimizer: {name: demo_signsgd, lr: 0.01}
+    steps: 2
+"""
+
+
 def statuses(out: dict) -> dict[str, str]:
     """``{stage id: status}`` of one ``run --json`` object."""
     return {sid: s["status"] for sid, s in out["stages"].items()}
@@ -51,6 +65,20 @@ class Cli:
     def run_json(self, *args: str):
         result = self("run", *args, "--json")
         return result, json.loads(result.stdout) if result.stdout.strip() else None
+
+
+@pytest.fixture
+def editable_demo(demo_env, tmp_path: Path) -> tuple[Path, dict]:
+    """``(package dir, env)``: a copy of the installed demo plugin that the test may edit (the
+    session's install stays as it is), and an environment that imports the copy."""
+    import os
+    import shutil
+
+    installed = Path(demo_env["PYTHONPATH"].split(os.pathsep)[0])
+    site = tmp_path / "site"
+    shutil.copytree(installed, site)
+    env = {**demo_env, "PYTHONPATH": os.pathsep.join([str(site), *demo_env["PYTHONPATH"].split(os.pathsep)[1:]])}
+    return site / "nnopt_demo_plugin", env
 
 
 @pytest.fixture

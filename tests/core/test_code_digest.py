@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import statuses
+from conftest import SIGNSGD, statuses
 
 from nnopt.core.code_digest import code_digest, source_files
 
@@ -110,25 +110,8 @@ def test_a_digest_does_not_depend_on_where_the_package_is_installed(package, tmp
 
 
 # ------------------------------------------------------------------ end to end: an edited plugin
-SIGNSGD = """\
-name: signsgd
-data: {name: synthetic, task: gaussian_mixture, n_train: 64, n_test: 32, dim: 4, batch_size: 32}
-model: {arch: {name: mlp, widths: [8]}}
-loss: cross_entropy
-stages:
-  train:
-    kind: train
-    optimizer: {name: demo_signsgd, lr: 0.01}
-    steps: 2
-"""
-
-
-def test_editing_a_plugins_module_or_a_helper_it_imports_recomputes_but_another_file_does_not(run_cli, demo_env, tmp_path):
-    installed = Path(demo_env["PYTHONPATH"].split(os.pathsep)[0])
-    site = tmp_path / "site"  # a copy this test may edit; the session's install stays as it is
-    shutil.copytree(installed, site)
-    env = {**demo_env, "PYTHONPATH": os.pathsep.join([str(site), *demo_env["PYTHONPATH"].split(os.pathsep)[1:]])}
-    package = site / "nnopt_demo_plugin"
+def test_editing_a_plugins_module_or_a_helper_it_imports_recomputes_but_another_file_does_not(run_cli, editable_demo, tmp_path):
+    package, env = editable_demo
     (package / "_helper.py").write_text("ALPHA = 1.0\n")
     (package / "notes.py").write_text("NOTE = 'imported by nothing'\n")
     module = package / "signsgd.py"

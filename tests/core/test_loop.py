@@ -6,7 +6,6 @@ import contextlib
 import copy
 import math
 
-import pytest
 import torch
 from torch import nn
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, statuses
+from conftest import SIGNSGD, TINY, statuses
 
 #: a train stage of 4 steps on a 128-sample Gaussian mixture: a fraction of a second
 SMALL = """\
@@ -94,24 +93,8 @@ def test_weights_that_do_not_fit_the_stages_own_model_fail_the_stage_in_one_line
 
 
 # ------------------------------------------------------------------ 2. plan index and plugin code
-SIGNSGD = """\
-name: signsgd
-data: {name: synthetic, task: gaussian_mixture, n_train: 64, n_test: 32, dim: 4, batch_size: 32}
-model: {arch: {name: mlp, widths: [8]}}
-loss: cross_entropy
-stages:
-  train:
-    kind: train
-    optimizer: {name: demo_signsgd, lr: 0.01}
-    steps: 2
-"""
-
-
-def test_the_fast_cached_path_notices_an_edit_of_a_components_code(run_cli, demo_env, tmp_path):
-    installed = Path(demo_env["PYTHONPATH"].split(os.pathsep)[0])
-    site = tmp_path / "site"  # a copy this test may edit; the session's install stays as it is
-    shutil.copytree(installed, site)
-    env = {**demo_env, "PYTHONPATH": os.pathsep.join([str(site), *demo_env["PYTHONPATH"].split(os.pathsep)[1:]])}
+def test_the_fast_cached_path_notices_an_edit_of_a_components_code(run_cli, editable_demo, tmp_path):
+    package, env = editable_demo
     path = tmp_path / "signsgd.yaml"
     path.write_text(SIGNSGD)
     store = tmp_path / "store"
@@ -124,7 +107,7 @@ def test_the_fast_cached_path_notices_an_edit_of_a_components_code(run_cli, demo
     first = run()
     assert statuses(first) == {"train": "ran"}
     assert statuses(run()) == {"train": "cached"}
-    module = site / "nnopt_demo_plugin" / "signsgd.py"
+    module = package / "signsgd.py"
     module.write_text(edit(module.read_text(), "cache_version: ClassVar[int] = 1",
                            "cache_version: ClassVar[int] = 2  # the update rule changed"))
     third = run()
