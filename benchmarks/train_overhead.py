@@ -22,20 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PIPELINE = """\
-name: bench
-seed: 0
-device: cpu
-data: {{name: digits, batch_size: 64}}
-model:
-  arch: {{name: mlp, widths: [256, 128], activation: relu}}
-loss: cross_entropy
-stages:
-  train:
-    kind: train
-    optimizer: {{name: sgd, lr: 0.05, momentum: 0.9}}
-    epochs: {epochs}
-"""
+from digits_job import PIPELINE  # noqa: E402 - the shared job, beside this script
 
 
 def nnopt_run(epochs: int, workdir: Path) -> tuple[float, float, int]:
@@ -44,7 +31,7 @@ def nnopt_run(epochs: int, workdir: Path) -> tuple[float, float, int]:
     from nnopt.core.store import Store
 
     path = workdir / "bench.yaml"
-    path.write_text(PIPELINE.format(epochs=epochs))
+    path.write_text(PIPELINE.format(name="bench", epochs=epochs))
     (plan,) = load_plans(path)
     t0 = time.perf_counter()
     report = run_plan(plan, Store(workdir / "store"), force=True, progress=False, argv=[])

@@ -34,20 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PIPELINE = """\
-name: whole
-seed: 0
-device: cpu
-data: {{name: digits, batch_size: 64}}
-model:
-  arch: {{name: mlp, widths: [256, 128], activation: relu}}
-loss: cross_entropy
-stages:
-  train:
-    kind: train
-    optimizer: {{name: sgd, lr: 0.05, momentum: 0.9}}
-    epochs: {epochs}
-"""
+from digits_job import PIPELINE  # noqa: E402 - the shared job, beside this script
 
 PLAIN = '''\
 import json
@@ -180,7 +167,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comple
 def measure(epochs: int, repeats: int, tmp: Path) -> dict[str, float]:
     """Whole-process wall times of both, alternating, after one warm-up run of each."""
     pipeline = tmp / f"whole_{epochs}.yaml"
-    pipeline.write_text(PIPELINE.format(epochs=epochs))
+    pipeline.write_text(PIPELINE.format(name="whole", epochs=epochs))
     plain = tmp / "plain.py"
     plain.write_text(PLAIN)
     runs = {"nnopt": [], "plain": []}
