@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from nnopt.core.component import AnalyzerRef
 from nnopt.core.kinds import AnalysisContext
@@ -16,7 +16,7 @@ _ANALYSIS_STREAM = 1
 
 
 class AnalyzeSpec(StageSpec):
-    """``kind: analyze``: the analyzers to run on ``from``'s weights."""
+    """``kind: analyze``: the analyzers to run on ``from``'s weights (or on a fresh model)."""
 
     analyzers: list[AnalyzerRef] = Field(  # type: ignore[valid-type]
         ...,
@@ -25,18 +25,13 @@ class AnalyzeSpec(StageSpec):
         "are keyed by name (a repeated name gets `name_2`, `name_3`, ...)",
     )
 
-    @model_validator(mode="after")
-    def _needs_from(self) -> "AnalyzeSpec":
-        if self.from_ is None:
-            raise ValueError("analyze needs from: STAGE")
-        return self
-
 
 class Analyze(Stage):
     """Measure a trained (or initial) model: ``results[name] = analyzer(θ_from)``.
 
-    The model of ``from`` (``STAGE``, ``STAGE@N`` or ``STAGE@init``) is loaded once and put in
-    eval mode (normalization layers use their running statistics, dropout is off); each
+    The model of ``from`` (``STAGE``, ``STAGE@N`` or ``STAGE@init``) is loaded once; without
+    ``from``, the stage's own ``model`` is built and initialized from the stage's seed (a study
+    of the network at initialization needs no train stage). The model is put in eval mode (normalization layers use their running statistics, dropout is off); each
     analyzer is given it with the stage's data, loss and a generator seeded from the stage
     seed, and may load further weight references it names through ``load_model``. Analyzers
     must not change the weights; the stage restores them (and clears gradients) after each
@@ -61,7 +56,7 @@ class Analyze(Stage):
         device = torch.device(ctx.device)
         data = ctx.load_data()
         loss_fn = ctx.loss_fn()
-        model = ctx.load_model(spec.from_)  # type: ignore[arg-type]
+        model = ctx.load_model(spec.from_) if spec.from_ is not None else ctx.build_model()
         model.eval()
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -56,9 +56,8 @@ def trained(train):
     }
 
 
-def test_spec_needs_from_and_an_analyzer():
-    with pytest.raises(ValidationError, match="analyze needs from: STAGE"):
-        AnalyzeSpec.model_validate({"kind": "analyze", "analyzers": ["grad_norms"]})
+def test_spec_needs_an_analyzer_and_from_is_optional():
+    assert AnalyzeSpec.model_validate({"kind": "analyze", "analyzers": ["grad_norms"]}).from_ is None
     with pytest.raises(ValidationError):
         AnalyzeSpec.model_validate({"kind": "analyze", "from": "dense", "analyzers": []})
     s = AnalyzeSpec.model_validate({"kind": "analyze", "from": "dense@init", "analyzers": ["grad_norms"]})
@@ -74,6 +73,19 @@ def test_results_keyed_by_name_with_repeats_and_plots(tmp_path, trained):
     assert outcome.results["grad_norms"]["total"] != outcome.results["grad_norms_2"]["total"]
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["grad_norms.png", "grad_norms_2_grad_norms.png"]
     assert sorted(p.name for p in out.iterdir()) == ["plots"]  # no scratch directories left
+
+
+def test_without_from_it_analyzes_the_model_initialized_from_the_stage_seed(tmp_path):
+    stage, ctx = make_stage("analyze", tmp_path / "probe", analyzers=["grad_norms"])
+    outcome = stage.run(ctx)
+    fresh = ctx.build_model().eval()  # what the stage's seed initializes, built again
+    by_hand = GradNorms(GradNorms.Params(source="train")).analyze(AnalysisContext(
+        model=fresh, loss_fn=ctx.loss_fn(), data=ctx.load_data(), device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0)))
+    # 256 train examples <= samples: the whole split, so the same network gives the same norms
+    assert outcome.results["grad_norms"]["layers"] == pytest.approx(by_hand["layers"])
+    other_seed = make_stage("analyze", tmp_path / "other", seed=1, analyzers=["grad_norms"])
+    assert other_seed[0].run(other_seed[1]).results["grad_norms"]["total"] != outcome.results["grad_norms"]["total"]
 
 
 def test_matches_the_analyzer_run_by_hand_on_the_loaded_model(tmp_path, trained):

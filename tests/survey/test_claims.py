@@ -1,0 +1,33 @@
+"""Every claim in ``pipelines/survey/`` holds when its pipeline runs (small, seeded)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SURVEY = Path(__file__).resolve().parents[2] / "pipelines" / "survey"
+
+
+def _load_claims_module():
+    spec = importlib.util.spec_from_file_location("nnopt_survey_claims", SURVEY / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLAIMS_MODULE = _load_claims_module()
+CLAIMS = CLAIMS_MODULE.claims()
+
+
+def test_every_claim_pipeline_has_its_check_and_every_check_its_pipeline():
+    yamls = {p.stem for p in SURVEY.glob("*.yaml")}
+    assert yamls == {c.name for c in CLAIMS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
+def test_the_claim_holds(claim, tmp_path):
+    finding = claim.run(tmp_path / "store")
+    assert finding.holds, f"{claim.claim} — measured: {finding.measured}"
