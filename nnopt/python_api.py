@@ -155,7 +155,7 @@ def _model_of(spec: dict[str, Any], seed: int, paths: dict[str, Path], device: s
         resolve_components(part, (path,), source, registry, problems)
     if problems:  # a component of the stage is no longer installed, or its params changed
         raise ValueError("cannot rebuild the stage's model: " + "; ".join(str(d) for d in problems.items))
-    data = data_ref.instantiate().load(seed)
+    data = data_ref.instantiate().prepare(seed)
     model = build_model(model_spec, data, seed, torch.device(device), initialize=False)
     model.load_state_dict(load_file(str(paths["weights/final.safetensors"]), device=device))
     return model.eval()

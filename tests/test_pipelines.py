@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from nnopt.cli import main
 
-PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
+PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").rglob("*.yaml"))
 
 
 def nnopt(*args: str):

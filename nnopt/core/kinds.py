@@ -26,9 +26,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # --------------------------------------------------------------------------- datasets
 class DatasetParams(Params):
-    """Parameters every dataset takes: the mini-batch size of training."""
+    """Parameters every dataset takes: the mini-batch size of training, and the input
+    preprocessing applied to what ``load`` returns (``Dataset.prepare``)."""
 
     batch_size: int = Field(64, ge=1, description="mini-batch size used by training stages")
+    preprocess: Literal["none", "standardize", "unit_norm"] = Field(
+        "none",
+        description="input normalization after loading: `standardize` = per-feature zero mean and unit variance "
+        "(train-split statistics, applied to both splits); `unit_norm` = every example scaled to ‖x‖₂ = 1; `none`",
+    )
 
 
 @dataclass
@@ -71,6 +77,13 @@ class Dataset(Component):
 
     def load(self, seed: int) -> DataSplit:
         raise NotImplementedError(f"{type(self).__name__}.load")
+
+    def prepare(self, seed: int) -> DataSplit:
+        """What stages use: ``load(seed)`` with the ``preprocess`` option applied
+        (``nnopt.core.preprocess``). Datasets implement ``load``; the engine calls this."""
+        from .preprocess import preprocess
+
+        return preprocess(self.load(seed), getattr(self.params, "preprocess", "none"))
 
     def shapes(self, seed: int) -> tuple[tuple[int, ...], int]:
         """``(input_shape, output_dim)`` of what ``load(seed)`` gives, used at plan time to

@@ -122,7 +122,7 @@ class StageContext:
         if self._data is None:
             if self.data_ref is None:
                 raise RuntimeError(f"stage '{self.stage_id}' has no data")
-            self._data = self.data_ref.instantiate().load(self.seed).to(self.device)
+            self._data = self.data_ref.instantiate().prepare(self.seed).to(self.device)
         return self._data
 
     @property

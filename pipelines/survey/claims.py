@@ -3,7 +3,12 @@
 Every claim is two files side by side in this folder: ``NAME.yaml``, the pipeline, and
 ``NAME.py``, which defines ``CLAIM = Claim(...)``: the claim in one sentence, where the field
 makes it, and ``check(result) -> Finding``, which reads the ``nnopt run --json`` object of
-that pipeline and says whether the finding holds and what was measured.
+that pipeline and says whether the finding holds and what was measured. A claim file starts
+
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from claims import Claim, Finding, runs_of
 
     python pipelines/survey/claims.py                    # run every claim, print the table
     python pipelines/survey/claims.py --table docs/survey.md  # and write it there
@@ -23,6 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
+# Claim files import this module as `claims`; run as a script it is `__main__`, and must be
+# that same module, or a claim's Claim would be another class than the one checked here.
+sys.modules.setdefault("claims", sys.modules[__name__])
 
 
 @dataclass(frozen=True)
@@ -59,9 +67,11 @@ def claims() -> list[Claim]:
     for path in sorted(HERE.glob("*.py")):
         if path.name == Path(__file__).name or path.name.startswith("_"):
             continue
-        spec = importlib.util.spec_from_file_location(f"nnopt_survey_{path.stem}", path)
+        name = f"nnopt_survey_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         assert spec.loader is not None
+        sys.modules[name] = module  # dataclasses (and pickling, typing) look modules up by name
         spec.loader.exec_module(module)
         claim = getattr(module, "CLAIM", None)
         if not isinstance(claim, Claim):

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 SURVEY = Path(__file__).resolve().parents[2] / "pipelines" / "survey"
+sys.path.insert(0, str(SURVEY))
+import claims  # noqa: E402
 
-
-def _load_claims_module():
-    spec = importlib.util.spec_from_file_location("nnopt_survey_claims", SURVEY / "claims.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLAIMS_MODULE = _load_claims_module()
-CLAIMS = CLAIMS_MODULE.claims()
+CLAIMS = claims.claims()
 
 
 def test_every_claim_pipeline_has_its_check_and_every_check_its_pipeline():
