@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from .loop import StepRule
+    from .loop import LoopCallback, StepRule
 
 
 # --------------------------------------------------------------------------- datasets
@@ -215,6 +215,12 @@ class Optimizer(Component):
 
         return ClosureStep() if self.needs_closure else BackwardStep()
 
+    def callbacks(self, optimizer: "torch.optim.Optimizer", model: "nn.Module") -> "list[LoopCallback]":
+        """Training-loop callbacks the method needs besides its step (``nnopt.core.loop``):
+        e.g. schedule-free's swap to its averaged weights in ``evaluate_context``, or curvature
+        statistics gathered in ``after_backward``. None by default."""
+        return []
+
 
 class Schedule(Component):
     """Kind ``schedules``: a learning-rate schedule stepped once per optimizer step."""
@@ -223,6 +229,11 @@ class Schedule(Component):
 
     def build(self, optimizer: "torch.optim.Optimizer", total_steps: int) -> "torch.optim.lr_scheduler.LRScheduler":
         raise NotImplementedError(f"{type(self).__name__}.build")
+
+    def callbacks(self, scheduler: Any) -> "list[LoopCallback]":
+        """Training-loop callbacks the schedule needs besides its per-step ``step()``: e.g. a
+        plateau schedule that reads the test loss in ``on_evaluate``. None by default."""
+        return []
 
 
 # --------------------------------------------------------------------------- analysis

@@ -23,6 +23,11 @@ Hook points, in the order they fire for step ``t`` (``loop.step == t`` updates d
 ``on_train_end``    all ``total`` steps ran without a non-finite loss
 ==================  =======================================================================
 
+``evaluate_context`` is a context manager around every use of the weights as the *result*
+(each evaluation, kept weights, the final evaluation and save): where a method trains one
+sequence of weights and reports another (schedule-free's averaged x_t, EMA, SWA), it swaps
+them in there and back after.
+
 A callback's ``state_dict`` is saved in every checkpoint and handed back to
 ``load_state_dict`` on resumption, so a resumed run continues bitwise as an uninterrupted one.
 The loop calls a hook only on the callbacks that override it: an unused hook costs nothing
@@ -73,6 +78,11 @@ class LoopCallback:
 
     def on_train_end(self, loop: "TrainLoop") -> None:
         """Every step ran and every training loss was finite."""
+
+    def evaluate_context(self, loop: "TrainLoop") -> ContextManager[Any] | None:
+        """A context manager around every use of the weights as the result (evaluations, kept
+        and final weights): swap in the weights a method reports, or None."""
+        return None
 
     def state_dict(self) -> Any:
         """What this callback must resume from (tensors, numbers, lists, dicts), or None."""
@@ -137,7 +147,7 @@ class ClosureStep(StepRule):
 
 # --------------------------------------------------------------------------- the loop
 _HOOKS = ("on_train_start", "on_step_start", "forward_context", "after_backward", "after_step", "on_log",
-          "on_evaluate", "on_train_end")
+          "on_evaluate", "on_train_end", "evaluate_context")
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable, and cheaper than building one per step
@@ -248,9 +258,18 @@ class TrainLoop:
 
     def forward(self) -> ContextManager[Any]:
         """The context of a forward pass: the callbacks' (nested in order), or a no-op."""
-        if not self.hooks.forward_context:
+        return self._nested(self.hooks.forward_context)
+
+    def evaluation(self) -> ContextManager[Any]:
+        """The context in which the weights are the result: the callbacks' ``evaluate_context``
+        (nested in order), or a no-op. Evaluations and kept weights happen inside it; so does
+        whatever the stage does with the final weights."""
+        return self._nested(self.hooks.evaluate_context)
+
+    def _nested(self, hooks: list[Callable[["TrainLoop"], ContextManager[Any] | None]]) -> ContextManager[Any]:
+        if not hooks:
             return _NO_CONTEXT
-        contexts = [c for c in (hook(self) for hook in self.hooks.forward_context) if c is not None]
+        contexts = [c for c in (hook(self) for hook in hooks) if c is not None]
         if not contexts:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
@@ -348,7 +367,8 @@ class TrainLoop:
                 window = []
                 window_start = step
             if evaluating:
-                test = self.evaluate(self.model)
+                with self.evaluation():
+                    test = self.evaluate(self.model)
                 if test:
                     self.test = test
                     ctx.log_metrics({"step": step, "epoch": step / per_epoch, **{f"test_{k}": v for k, v in test.items()}})

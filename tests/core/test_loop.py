@@ -147,6 +147,36 @@ def test_forward_context_wraps_every_forward_pass():
     assert entered == [0, 1, 2, 3]
 
 
+def test_evaluate_context_swaps_the_reported_weights_in_for_evaluation_only():
+    """What schedule-free or weight averaging needs: evaluation sees other weights, and training
+    continues from its own afterwards, untouched."""
+    seen = []
+
+    class Swap(LoopCallback):
+        def evaluate_context(self, loop):
+            @contextlib.contextmanager
+            def cm():
+                saved = [p.detach().clone() for p in loop.model.parameters()]
+                with torch.no_grad():
+                    for p in loop.model.parameters():
+                        p.zero_()
+                yield
+                with torch.no_grad():
+                    for p, s in zip(loop.model.parameters(), saved):
+                        p.copy_(s)
+            return cm()
+
+    loop, _ = make_loop([Swap()], total=12)
+    loop.evaluate = lambda m: seen.append(sum(float(p.detach().abs().sum()) for p in m.parameters())) or {"loss": 1.0}
+    plain, _ = make_loop([], total=12)
+    loop.run()
+    plain.run()
+    assert seen == [0.0, 0.0]  # evaluated at steps 6 and 12, on the swapped-in (zero) weights
+    assert all(torch.equal(p, q) for p, q in zip(loop.model.parameters(), plain.model.parameters()))
+    with loop.evaluation():
+        assert all(float(p.detach().abs().sum()) == 0 for p in loop.model.parameters())
+
+
 def test_the_loss_window_is_synced_every_log_every_and_divergence_is_exact():
     class Explode(LoopCallback):
         def after_step(self, loop):

@@ -64,3 +64,20 @@ def set_log_y(ax: Any, values: Iterable[float]) -> None:
         ax.yaxis.set_major_formatter(PlainLogFormatter(10))
         # minor ticks are labelled where the axis spans too few decades to show a major one
         ax.yaxis.set_minor_formatter(PlainLogFormatter(10, labelOnlyBase=False))
+
+
+def log_colorbar(fig: Any, mappable: Any, ax: Any, label: str) -> Any:
+    """A colorbar for ``mappable`` (drawn with a ``LogNorm``) beside ``ax``, its ticks labelled
+    in plain numbers as ``set_log_y`` labels an axis (matplotlib's default log colorbar labels
+    are mathtext)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x: float, pos: Any = None) -> str:
+            return self.fix_minus(f"{x:g}") if super().__call__(x, pos) else ""
+
+    bar = fig.colorbar(mappable, ax=ax)
+    bar.ax.yaxis.set_major_formatter(PlainLogFormatter(10))
+    bar.ax.yaxis.set_minor_formatter(PlainLogFormatter(10, labelOnlyBase=False))
+    bar.set_label(label)
+    return bar

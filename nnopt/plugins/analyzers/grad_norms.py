@@ -40,16 +40,23 @@ class GradNorms(Analyzer):
 
     Results: ``total`` = ‖∇_θ L‖ over all parameters; ``layers`` = {name: g_l} for every
     parameter; ``weights`` = [g_l] for the weight matrices/kernels (dim ≥ 2) in model order,
-    with their names in ``weight_names``; ``growth_per_layer`` = (g_1 / g_K)^{1/(K−1)} over the K
+    with their names in ``weight_names``; ``ratios`` = [g_l / ‖W_l‖_F] aligned with ``weights``,
+    the relative size of a gradient step on each layer (an SGD step of rate η changes W_l by
+    the fraction η·g_l/‖W_l‖; NaN for an all-zero weight); ``growth_per_layer`` = (g_1 / g_K)^{1/(K−1)} over the K
     weight layers, the geometric-mean factor by which the norm grows per layer as the error is
     propagated back from the output to the input (> 1: exploding, < 1: vanishing).
 
     Gradients are taken with ``torch.autograd.grad``: the parameters' ``.grad`` (an
     optimizer's state during training) is never read or written.
+
+    Plots: ``grad_norms.png``, the weight layers' g_l as bars; over training (``track``),
+    ``grad_norms_track.png``, one line per weight layer, and ``grad_norms_heatmap.png``, g_l
+    over weight layers × tracked steps on a log color scale (where along depth and when in
+    training gradients explode or vanish).
     """
 
     Params: ClassVar[type[GradNormsParams]] = GradNormsParams
-    cache_version: ClassVar[int] = 1
+    cache_version: ClassVar[int] = 2
 
     params: GradNormsParams
 
@@ -59,7 +66,7 @@ class GradNorms(Analyzer):
         model = ctx.model
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
-            return {"total": 0.0, "layers": {}, "weights": [], "weight_names": [], "growth_per_layer": None}
+            return {"total": 0.0, "layers": {}, "weights": [], "weight_names": [], "ratios": [], "growth_per_layer": None}
         params = [p for _, p in named]
 
         if self.params.source == "batch" and ctx.batch is not None:
@@ -87,11 +94,15 @@ class GradNorms(Analyzer):
         layers = {name: v for (name, _), v in zip(named, norms)}
         weight_names = [name for name, p in named if p.dim() >= 2]
         weights = [layers[name] for name in weight_names]
+        by_name = dict(named)
+        weight_norms = torch.stack([by_name[name].detach().float().norm() for name in weight_names]).tolist() if weight_names else []
+        ratios = [g / w if w > 0 else math.nan for g, w in zip(weights, weight_norms)]
         return {
             "total": math.sqrt(math.fsum(v * v for v in norms)),
             "layers": layers,
             "weights": weights,
             "weight_names": weight_names,
+            "ratios": ratios,
             "growth_per_layer": _growth(weights),
         }
 
@@ -142,7 +153,44 @@ class GradNorms(Analyzer):
         ax.grid(True, which="both", alpha=0.3)
         if len(names) <= 12:
             ax.legend(fontsize=7)
-        return [save(fig, Path(out_dir) / "grad_norms_track.png")]
+        files = [save(fig, Path(out_dir) / "grad_norms_track.png")]
+        heatmap = _heatmap(series, names, Path(out_dir) / "grad_norms_heatmap.png")
+        return files + ([heatmap] if heatmap is not None else [])
+
+
+def _heatmap(series: list[tuple[int, dict[str, Any]]], names: list[str], path: Path) -> Path | None:
+    """g_l over (weight layer, tracked step) as an image, log color scale; None when no g_l > 0."""
+    from matplotlib.colors import LogNorm
+
+    from ._plot import log_colorbar, new_figure, save
+
+    grid = [[_positive(r.get("layers", {}).get(name)) for _, r in series] for name in names]
+    shown = [v for row in grid for v in row if not math.isnan(v)]
+    if not shown:
+        return None
+    steps = [s for s, _ in series]
+    fig, ax = new_figure(max(6.4, min(12.0, 0.08 * len(steps) + 4)), max(3.0, min(10.0, 0.3 * len(names) + 1.5)))
+    lo, hi = min(shown), max(shown)
+    # a single value (or all equal) still needs a non-empty color range
+    norm = LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10)
+    # cell edges halfway between tracked steps, so unevenly spaced steps keep their place in time
+    if len(steps) > 1:
+        mids = [(a + b) / 2 for a, b in zip(steps, steps[1:])]
+        x_edges = [steps[0] - (mids[0] - steps[0])] + mids + [steps[-1] + (steps[-1] - mids[-1])]
+    else:
+        x_edges = [steps[0] - 0.5, steps[0] + 0.5]
+    mesh = ax.pcolormesh(x_edges, list(range(len(names) + 1)), grid, norm=norm, cmap="viridis", shading="flat")
+    ax.set_yticks([i + 0.5 for i in range(len(names))], [_short(n) for n in names], fontsize=7)
+    ax.invert_yaxis()  # input layer on top, as the network is usually drawn
+    ax.set_xlabel("step")
+    ax.set_ylabel("weight layer")
+    ax.set_title("‖∂L/∂W‖_F per weight layer over training")
+    log_colorbar(fig, mesh, ax, "‖∂L/∂W‖_F")
+    return save(fig, path)
+
+
+def _positive(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else math.nan
 
 
 def _growth(weights: list[float]) -> float | None:

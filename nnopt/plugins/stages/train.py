@@ -163,9 +163,11 @@ class Train(Stage):
         params = build_param_groups(model, spec.param_groups, opt_component.params.model_dump())
         optimizer = opt_component.build(params, device)
         check_group_options(optimizer, spec.param_groups)
-        schedule = spec.schedule.instantiate().build(optimizer, total)
+        schedule_component = spec.schedule.instantiate()
+        schedule = schedule_component.build(optimizer, total)
         eval_batch = max(batch_size, 1024)
-        callbacks = self.callbacks(ctx, model, loss_fn, device)
+        callbacks = [*self.callbacks(ctx, model, loss_fn, device),
+                     *opt_component.callbacks(optimizer, model), *schedule_component.callbacks(schedule)]
         with ctx.progress(total, f"train {ctx.stage_id}") as bar:
             loop = TrainLoop(
                 ctx, model, optimizer, schedule, loss_fn, data, total=total, batch_size=batch_size, shuffle_seed=ctx.seed,
@@ -182,11 +184,12 @@ class Train(Stage):
         if result.status == "diverged":
             return self._diverged(ctx, loop, result, tracks)
 
-        train = evaluate(model, loss_fn, data.x_train, data.y_train, classification, eval_batch)
-        if not math.isfinite(train["loss"]):
-            return self._diverged(ctx, loop, LoopResult("diverged", total, result.seconds, total, train["loss"],
-                                                        loop.last_finite), tracks)
-        ctx.save_weights(model.state_dict(), step=None)
+        with loop.evaluation():  # the weights the method reports (schedule-free's x_t, an average, ...)
+            train = evaluate(model, loss_fn, data.x_train, data.y_train, classification, eval_batch)
+            if not math.isfinite(train["loss"]):
+                return self._diverged(ctx, loop, LoopResult("diverged", total, result.seconds, total, train["loss"],
+                                                            loop.last_finite), tracks)
+            ctx.save_weights(model.state_dict(), step=None)
         self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
 
         metrics: dict[str, Any] = {f"train_{k}": v for k, v in train.items()}

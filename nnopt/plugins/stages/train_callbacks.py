@@ -28,11 +28,13 @@ class KeepWeights(LoopCallback):
 
     def on_step_start(self, loop: "TrainLoop") -> None:
         if loop.step in self.steps:
-            self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
+            with loop.evaluation():
+                self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
 
     def on_train_end(self, loop: "TrainLoop") -> None:
         if loop.step in self.steps:
-            self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
+            with loop.evaluation():
+                self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
 
 
 class GradClip(LoopCallback):

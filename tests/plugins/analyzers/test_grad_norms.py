@@ -113,7 +113,66 @@ def test_plots(tmp_path):
     r = analyzer.analyze(context(model, data()))
     assert analyzer.plot(r, tmp_path) == [tmp_path / "grad_norms.png"]
     series = [(s, r) for s in (0, 10, 20)]
-    assert analyzer.plot_series(series, tmp_path) == [tmp_path / "grad_norms_track.png"]
-    assert all((tmp_path / f).stat().st_size > 1000 for f in ("grad_norms.png", "grad_norms_track.png"))
+    assert analyzer.plot_series(series, tmp_path) == [tmp_path / "grad_norms_track.png", tmp_path / "grad_norms_heatmap.png"]
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("grad_norms.png", "grad_norms_track.png", "grad_norms_heatmap.png"))
     assert analyzer.plot({"weights": [], "weight_names": []}, tmp_path / "empty") == []
     assert analyzer.plot_series([], tmp_path / "empty") == []
+
+
+def test_ratios_are_the_gradient_norm_over_the_weight_norm(linear):
+    x, y = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([[0.3, -1.0]])
+    W = linear.weight.detach()
+    grad = torch.outer(W @ x[0] - y[0], x[0])  # ∇W of ½‖Wx − y‖²
+    r = analyze(linear, data(), batch=(x, y))
+    assert r["ratios"] == [pytest.approx((grad.norm() / W.norm()).item(), rel=1e-6)]
+
+
+def test_ratios_are_aligned_with_the_weights_and_skip_biases():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(10.0)  # a layer ten times larger: its ratio is not its norm's
+    r = analyze(model, data(), source="train")
+    norms = [model[0].weight.norm().item(), model[2].weight.norm().item()]
+    assert len(r["ratios"]) == len(r["weights"]) == 2
+    assert r["ratios"] == [pytest.approx(g / w, rel=1e-6) for g, w in zip(r["weights"], norms)]
+
+
+def test_a_zero_weight_has_an_undefined_ratio():
+    model = nn.Linear(3, 2, bias=True)
+    with torch.no_grad():
+        model.weight.zero_()
+    r = analyze(model, data(), source="train")
+    assert r["weights"][0] > 0 and math.isnan(r["ratios"][0])
+    empty = analyze(nn.Sequential(), data())
+    assert empty["ratios"] == [] and empty["weights"] == []
+
+
+def test_the_heatmap_is_drawn_from_one_step_and_needs_a_positive_norm(tmp_path):
+    analyzer = GradNorms(GradNorms.Params())
+    r = {"layers": {"a.weight": 0.5, "b.weight": 2e-3}, "weight_names": ["a.weight", "b.weight"]}
+    assert analyzer.plot_series([(3, r)], tmp_path) == [tmp_path / "grad_norms_track.png", tmp_path / "grad_norms_heatmap.png"]
+    # unevenly spaced steps, one layer with no finite gradient at one of them
+    uneven = [(0, r), (5, {**r, "layers": {"a.weight": float("nan"), "b.weight": 1.0}}), (50, r)]
+    assert (tmp_path / "uneven" / "grad_norms_heatmap.png") in analyzer.plot_series(uneven, tmp_path / "uneven")
+    zero = {"layers": {"a.weight": 0.0}, "weight_names": ["a.weight"]}
+    assert analyzer.plot_series([(0, zero)], tmp_path / "zero") == []
+
+
+def test_the_heatmap_colorbar_parses_no_mathtext(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib._mathtext as mathtext\n"
+        "parsed, parse = [], mathtext.Parser.parse\n"
+        "mathtext.Parser.parse = lambda self, s, *a, **k: parsed.append(s) or parse(self, s, *a, **k)\n"
+        "from nnopt.plugins.analyzers.grad_norms import _heatmap\n"
+        "r = {'layers': {'a.weight': 3.0, 'b.weight': 1e-4}}\n"
+        f"_heatmap([(0, r), (10, r)], ['a.weight', 'b.weight'], __import__('pathlib').Path({str(tmp_path / 'h.png')!r}))\n"
+        "print(parsed)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]"]
+    assert (tmp_path / "h.png").stat().st_size > 1000

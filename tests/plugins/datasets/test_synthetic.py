@@ -1,6 +1,7 @@
 """Synthetic data sets: each generator's documented equation, checked on its samples."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -119,3 +120,128 @@ def test_shapes_from_the_params_are_those_of_the_loaded_data(params):
     component = Synthetic(Synthetic.Params(n_train=16, n_test=8, **params))
     d = component.load(0)
     assert component.shapes(0) == (d.input_shape, d.output_dim)
+
+
+# ------------------------------------------------------------------------------- textures
+def textures(seed=0, **params):
+    return load(seed, task="textures", **params)
+
+
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (1, 4), (3, 7)])
+def test_textures_shapes_labels_and_dtypes(channels, size):
+    params = dict(task="textures", n_train=12, n_test=6, image_size=size, channels=channels, classes=3)
+    component = Synthetic(Synthetic.Params(**params))
+    d = component.load(0)
+    assert d.x_train.shape == (12, channels, size, size) and d.x_test.shape == (6, channels, size, size)
+    assert (d.task, d.input_shape, d.output_dim, d.num_classes) == ("classification", (channels, size, size), 3, 3)
+    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    assert component.shapes(0) == (d.input_shape, d.output_dim)
+    assert torch.isfinite(d.x_train).all()
+
+
+def test_textures_follow_the_data_seed_not_the_stage_seed():
+    a, b, c = textures(seed=0, n_train=20, n_test=10), textures(seed=7, n_train=20, n_test=10), textures(n_train=20, n_test=10, data_seed=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    assert torch.equal(a.x_train, textures(seed=0, n_train=20, n_test=10).x_train)  # and across calls
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_textures_classes_are_balanced_in_both_splits():
+    d = textures(classes=5, n_train=100, n_test=35, image_size=8)
+    assert torch.bincount(d.y_train).tolist() == [20] * 5 and torch.bincount(d.y_test).tolist() == [7] * 5
+
+
+def test_textures_are_the_documented_equation():
+    n, size, classes, sigma = 10, 9, 3, 0.25
+    d = textures(n_train=6, n_test=4, image_size=size, channels=3, classes=classes, noise=sigma)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, 3, size, size, generator=g, dtype=torch.float64)
+    eps = torch.randn(n, 3, size, size, generator=g, dtype=torch.float64)
+    k = torch.fft.fftfreq(size, d=1 / size, dtype=torch.float64)
+    radius = (k[:, None] ** 2 + k[None, :] ** 2).sqrt()
+    r = size / 2 * torch.arange(1, classes + 1, dtype=torch.float64) / (classes + 1)
+    beta = size / (4 * (classes + 1))
+    h = torch.exp(-((radius - r[:, None, None]) ** 2) / (2 * beta**2))
+    h = h / h.pow(2).mean((1, 2), keepdim=True).sqrt()  # N⁻² Σ_k H_c(k)² = 1
+    y = torch.cat([torch.arange(6) % classes, torch.arange(4) % classes])
+    x = torch.fft.ifft2(torch.fft.fft2(w, norm="ortho") * h[y][:, None], norm="ortho")
+    assert x.imag.abs().max() < 1e-12  # H is even in k, so the texture is real
+    x = x.real + sigma * eps
+    torch.testing.assert_close(torch.cat([d.x_train, d.x_test]), x.float())
+
+
+def test_textures_noise_adds_pixel_noise_to_the_same_textures():
+    clean, noisy = textures(n_train=64, image_size=16), textures(n_train=64, image_size=16, noise=0.5)
+    assert (noisy.x_train - clean.x_train).std().item() == pytest.approx(0.5, rel=0.05)
+    assert clean.x_train.var().item() == pytest.approx(1.0, rel=0.1)  # unit-variance textures
+
+
+def test_textures_power_spectrum_peaks_at_each_class_frequency():
+    size, classes = 24, 4
+    d = textures(n_train=400, n_test=4, image_size=size, classes=classes, channels=3)
+    k = torch.fft.fftfreq(size, d=1 / size, dtype=torch.float64)
+    radius = (k[:, None] ** 2 + k[None, :] ** 2).sqrt()
+    beta = size / (4 * (classes + 1))
+    peaks = []
+    for c in range(classes):
+        images = d.x_train[d.y_train == c].double()
+        power = torch.fft.fft2(images, norm="ortho").abs().pow(2).mean((0, 1))  # mean power spectrum of class c
+        peak = radius.flatten()[power.argmax()].item()
+        expected = size / 2 * (c + 1) / (classes + 1)
+        assert abs(peak - expected) <= beta, (c, peak, expected)
+        # and the band is where the energy is: a bin a few widths away holds almost none
+        assert power[radius > expected + 3 * beta].mean() < 0.05 * power.max()
+        peaks.append(peak)
+    assert peaks == sorted(peaks)
+
+
+def test_textures_mean_image_is_zero_so_only_energy_features_separate_them():
+    d = textures(n_train=200, n_test=400, image_size=8, classes=2, noise=0.1)
+    # least squares on the pixels (a linear classifier): at chance on held-out images
+    x_train = torch.cat([d.x_train.flatten(1).double(), torch.ones(200, 1, dtype=torch.float64)], 1)
+    w = torch.linalg.lstsq(x_train, (2.0 * d.y_train - 1).double()[:, None]).solution
+    x_test = torch.cat([d.x_test.flatten(1).double(), torch.ones(400, 1, dtype=torch.float64)], 1)
+    linear = ((x_test @ w).squeeze(1) > 0).long().eq(d.y_test).double().mean().item()
+    assert linear < 0.62
+    # a 3×3 convolution, squared and averaged over positions (an energy detector), then a
+    # linear head: a few full-batch gradient steps (plain autograd, no optimizer to import)
+    g = torch.Generator().manual_seed(0)
+    kernel = (torch.randn(4, 1, 3, 3, generator=g) / 3).requires_grad_()
+    head, bias = torch.zeros(4, 2, requires_grad=True), torch.zeros(2, requires_grad=True)
+
+    def logits(x):
+        return torch.nn.functional.conv2d(x, kernel).pow(2).mean((2, 3)) @ head + bias
+
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(logits(d.x_train), d.y_train)
+        grads = torch.autograd.grad(loss, [kernel, head, bias])
+        with torch.no_grad():
+            for param, grad in zip([kernel, head, bias], grads):
+                param -= 0.5 * grad
+    with torch.no_grad():
+        accuracy = logits(d.x_test).argmax(1).eq(d.y_test).float().mean().item()
+    assert accuracy > 0.9, (accuracy, linear)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"task": "textures", "dim": 8}, "'dim' is not used by task 'textures'"),
+        ({"task": "textures", "separation": 2.0}, "'separation' is not used by task 'textures'"),
+        ({"task": "gaussian_mixture", "image_size": 32}, "'image_size' is not used by task 'gaussian_mixture' (only by textures)"),
+        ({"task": "least_squares", "channels": 3}, "'channels' is not used"),
+        ({"task": "textures", "channels": 2}, "1 or 3"),
+        ({"task": "textures", "image_size": 3}, "greater than or equal to 4"),
+        ({"task": "textures", "image_size": 4, "classes": 5}, "classes must be <= image_size"),
+    ],
+)
+def test_invalid_texture_params_are_explained(params, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Synthetic.Params(**params)
+
+
+def test_textures_defaults_are_mnist_sized_and_round_trip():
+    params = Synthetic.Params(task="textures")
+    assert Synthetic(params).shapes(0) == ((1, 28, 28), 2)
+    dumped = params.model_dump(mode="json")
+    assert Synthetic.Params.model_validate(dumped).model_dump(mode="json") == dumped

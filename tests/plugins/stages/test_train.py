@@ -187,8 +187,9 @@ def test_a_repeated_track_name_gets_its_own_key_and_plots(train):
     _, out = train(epochs=1, track=[{"name": "grad_norms", "every": 2}, {"name": "grad_norms", "every": 3, "source": "train"}])
     tracked = [(r["track"], r["step"]) for r in read_metrics(out) if "track" in r]
     assert tracked == [("grad_norms", 0), ("grad_norms_2", 0), ("grad_norms", 2), ("grad_norms_2", 3)]
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["grad_norms_2_grad_norms_track.png",
-                                                                 "grad_norms_track.png", "loss.png"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "grad_norms_2_grad_norms_heatmap.png", "grad_norms_2_grad_norms_track.png",
+        "grad_norms_heatmap.png", "grad_norms_track.png", "loss.png"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
