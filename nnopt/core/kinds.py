@@ -223,9 +223,21 @@ class Optimizer(Component):
 
 
 class Schedule(Component):
-    """Kind ``schedules``: a learning-rate schedule stepped once per optimizer step."""
+    """Kind ``schedules``: a learning-rate schedule stepped once per optimizer step.
+
+    Before ``build`` the stage calls ``bind(steps_per_epoch, batch_size)``, so schedules
+    defined in epochs (step decay every k epochs) or by the batch size (Goyal et al.'s linear
+    scaling) read ``self.steps_per_epoch`` and ``self.batch_size``.
+    """
 
     kind: ClassVar[str] = "schedules"
+    steps_per_epoch: int = 1
+    batch_size: int = 1
+
+    def bind(self, steps_per_epoch: int, batch_size: int) -> "Schedule":
+        """Tell the schedule the stage's epoch length (in steps) and batch size."""
+        self.steps_per_epoch, self.batch_size = int(steps_per_epoch), int(batch_size)
+        return self
 
     def build(self, optimizer: "torch.optim.Optimizer", total_steps: int) -> "torch.optim.lr_scheduler.LRScheduler":
         raise NotImplementedError(f"{type(self).__name__}.build")

@@ -163,7 +163,7 @@ class Train(Stage):
         params = build_param_groups(model, spec.param_groups, opt_component.params.model_dump())
         optimizer = opt_component.build(params, device)
         check_group_options(optimizer, spec.param_groups)
-        schedule_component = spec.schedule.instantiate()
+        schedule_component = spec.schedule.instantiate().bind(per_epoch, batch_size)
         schedule = schedule_component.build(optimizer, total)
         eval_batch = max(batch_size, 1024)
         callbacks = [*self.callbacks(ctx, model, loss_fn, device),
