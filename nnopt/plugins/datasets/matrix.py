@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -16,8 +15,9 @@ from nnopt.core.kinds import Dataset, DatasetParams, DataSplit
 
 # npz.py's file checks: `unreadable` says why a path is not a readable regular file,
 # `_open_regular` opens one without blocking (refusing a FIFO swapped in since), and
-# `_header_shape` reads an array's shape from its .npy header inside the archive.
-from .npz import _header_shape, _open_regular, unreadable
+# `_header_shape` reads an array's shape from its .npy header inside the archive, and
+# `file_key` is what a data file adds to a stage key.
+from .npz import _header_shape, _open_regular, file_key, unreadable
 
 # the params that describe a generated Y, refused when Y comes from a file
 GENERATOR_PARAMS = ("rows", "cols", "rank", "singular_values", "condition_number", "scale")
@@ -114,21 +114,7 @@ class Matrix(Dataset):
 
     @classmethod
     def key_extras(cls, params: MatrixParams) -> dict[str, Any]:
-        # as npz's: never raises (it runs while a key is serialized); a file gone or unreadable
-        # since validation keys as such, and the stage then fails when it loads the file
-        if params.path is None:
-            return {}
-        path = Path(params.path).expanduser()
-        if unreadable(path):
-            return {"missing": True}
-        digest = hashlib.sha256()
-        try:
-            with _open_regular(path) as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            return {"missing": True}
-        return {"sha256": digest.hexdigest()}
+        return {} if params.path is None else file_key(Path(params.path).expanduser())
 
     @classmethod
     def watched_files(cls, params: MatrixParams) -> list[str]:

@@ -57,19 +57,7 @@ class Npz(Dataset):
 
     @classmethod
     def key_extras(cls, params: Params) -> dict[str, Any]:
-        # never raises (it runs while a key is serialized): a file that went away or became
-        # unreadable since validation keys as such, and its stage fails when it loads the file
-        path = Path(params.path).expanduser()  # type: ignore[attr-defined]
-        if unreadable(path):
-            return {"missing": True}
-        digest = hashlib.sha256()
-        try:
-            with _open_regular(path) as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            return {"missing": True}
-        return {"sha256": digest.hexdigest()}
+        return file_key(Path(params.path).expanduser())  # type: ignore[attr-defined]
 
     @classmethod
     def watched_files(cls, params: Params) -> list[str]:
@@ -215,3 +203,21 @@ def _targets(y: np.ndarray, key: str, task: str) -> np.ndarray:
     if not np.array_equal(labels, y) or (labels < 0).any():
         raise StageError(f"npz: {key} of a classification task must hold integer class indices >= 0")
     return labels
+
+
+def file_key(path: Path) -> dict[str, Any]:
+    """What a data file adds to a stage key: its SHA-256, or ``{"missing": True}``.
+
+    Never raises (it runs while a key is serialized): a file that went away or became
+    unreadable since validation keys as such, and its stage fails when it loads the file.
+    """
+    if unreadable(path):
+        return {"missing": True}
+    digest = hashlib.sha256()
+    try:
+        with _open_regular(path) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return {"missing": True}
+    return {"sha256": digest.hexdigest()}
