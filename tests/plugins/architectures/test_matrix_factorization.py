@@ -109,3 +109,25 @@ def test_a_pipeline_factorizes_a_rank_two_matrix_with_gradient_descent(invoke, w
     final = stage["metrics"]["train_loss"]
     assert final < 1e-3 * initial, (initial, final)
     assert stage["metrics"]["test_loss"] == pytest.approx(final)  # no noise: the test targets are Y too
+
+
+def test_dropout_drops_inner_coordinates_in_training_only_and_keeps_the_product_in_expectation():
+    from nnopt.core.kinds import Normalizer
+    from nnopt.plugins.architectures.matrix_factorization import MatrixFactorization
+
+    arch = MatrixFactorization(MatrixFactorization.Params(factors=[64], dropout=0.5))
+    model = arch.build((6,), 4, Normalizer()).double()
+    x = torch.eye(6, dtype=torch.float64)
+    model.eval()
+    assert torch.allclose(model(x), (model.product() @ x.T).T)
+    model.train()
+    torch.manual_seed(0)
+    draws = torch.stack([model(x) for _ in range(4000)])
+    assert not torch.allclose(draws[0], draws[1])  # a different mask each pass
+    mean = draws.mean(0)
+    exact = (model.product() @ x.T).T
+    assert torch.allclose(mean, exact, atol=0.1 * exact.abs().max().item())
+    # the output layer's coordinates are never dropped: with a single factor there is nothing to drop
+    single = MatrixFactorization(MatrixFactorization.Params(factors=[], dropout=0.5)).build((6,), 4, Normalizer())
+    single.train()
+    assert torch.equal(single(x.float()), single(x.float()))
