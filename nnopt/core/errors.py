@@ -89,6 +89,36 @@ class PluginError(Exception):
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """The closest candidate to ``word`` if one is close enough to be a likely typo."""
-    matches = difflib.get_close_matches(str(word), sorted(set(map(str, candidates))), n=1, cutoff=0.6)
+    """The closest candidate to ``word`` if one is close enough to be a likely typo.
+
+    Typos are mostly one slip: a letter dropped, added, replaced or two swapped, so the
+    candidate fewest such edits away wins (optimal-string-alignment distance, at most a third
+    of the word); difflib's similarity breaks ties and answers when no candidate is that close
+    (``adma`` is ``adam``, one swap, not ``adamax``, which difflib alone would prefer)."""
+    word = str(word)
+    pool = sorted(set(map(str, candidates)))
+    limit = max(1, len(word) // 3)
+    near = [(d, c) for c in pool if (d := _edit_distance(word, c)) <= limit]
+    if near:
+        best = min(d for d, _ in near)
+        tied = [c for d, c in near if d == best]
+        return max(tied, key=lambda c: difflib.SequenceMatcher(None, word, c).ratio())
+    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and adjacent swaps turning ``a`` into ``b``."""
+    if abs(len(a) - len(b)) > max(1, len(a) // 3):
+        return len(a) + len(b)  # too far apart to be a typo: skip the table
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]

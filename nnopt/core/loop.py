@@ -1,8 +1,9 @@
 """The training loop and its hook points: what masks, closures, tracking and mixed precision plug into.
 
 ``TrainLoop`` runs ``total`` optimizer steps of mini-batch training over a ``DataSplit``'s train
-split: each epoch is a permutation of the examples drawn from a seeded generator and cut into
-batches of ``batch_size`` (the last one possibly smaller), taken as views on the device. One
+split: each epoch is a permutation of the examples drawn from a seeded generator (or, with
+``shuffle=False``, the split in its stored order: online problems) and cut into batches of
+``batch_size`` (the last one possibly smaller), taken as views on the device. One
 step is computed by a ``StepRule`` (plain backward, or a closure for L-BFGS-like methods);
 everything else a training run does besides that (keeping weights, tracking analyzers,
 clipping or masking gradients, a progress bar) is a ``LoopCallback``, in the manner of
@@ -19,8 +20,9 @@ Hook points, in the order they fire for step ``t`` (``loop.step == t`` updates d
                     inside the closure for closure optimizers, so once per evaluation
 ``after_step``      right after ``optimizer.step()`` (re-apply weight masks, EMA, ...)
 ``on_log``          a ``metrics.jsonl`` line of the train loss window was written
-``on_evaluate``     the test split was evaluated (``metrics`` as logged, without prefix)
-``on_train_end``    all ``total`` steps ran without a non-finite loss
+``on_evaluate``     the test split was evaluated (``metrics`` as logged, without prefix); the
+                    one hook where a callback may ``loop.request_stop()`` (early stopping)
+``on_train_end``    all ``total`` steps ran (or a callback stopped training) without a non-finite loss
 ==================  =======================================================================
 
 ``evaluate_context`` is a context manager around every use of the weights as the *result*
@@ -222,6 +224,7 @@ class TrainLoop:
         checkpoint_due: Callable[[int], bool] = lambda step: False,
         callbacks: list[LoopCallback] = (),
         step_rule: StepRule | None = None,
+        shuffle: bool = True,
     ):
         import torch
 
@@ -235,6 +238,8 @@ class TrainLoop:
         self.hooks = _Hooks(self.callbacks)
         self.step_rule = step_rule or BackwardStep()
         self.shuffle = torch.Generator(device="cpu").manual_seed(shuffle_seed)
+        self.shuffles = shuffle  # False: every epoch takes the train split in its stored order
+        self.stop_requested = False  # set by a callback's on_evaluate (early stopping): see request_stop
 
         self.step = 0  # optimizer updates done
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -246,6 +251,12 @@ class TrainLoop:
         self._perm: torch.Tensor | None = None
         self._elapsed = 0.0
         self._t0 = time.perf_counter()
+
+    def request_stop(self) -> None:
+        """End training after this step (from ``on_evaluate``, where early stopping decides): the
+        step's losses are flushed, the schedule stepped, and the loop returns ``ok`` with
+        ``step`` < ``total``; ``on_train_end`` still fires."""
+        self.stop_requested = True
 
     @property
     def epoch(self) -> float:
@@ -313,6 +324,17 @@ class TrainLoop:
             use_threads(int(state["torch_threads"]))
 
     # ------------------------------------------------------------------ running
+    def _flush(self, values: list[float], step: int) -> None:
+        """Log the mean train loss of the window ``values`` that ends at ``step``."""
+        self.last_finite = values[-1]
+        mean = math.fsum(values) / len(values)
+        record = {"step": step, "epoch": step / self.per_epoch, "loss": mean,
+                  "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": self.seconds}
+        self.ctx.log_metrics(record)
+        self.train_curve.append((step, mean))
+        for hook in self.hooks.on_log:
+            hook(self, {**record, "window": len(values)})
+
     def run(self) -> LoopResult:  # noqa: C901 - the hot loop, kept in one place and free of branches per feature
         import torch
 
@@ -321,6 +343,7 @@ class TrainLoop:
         n, batch_size, per_epoch, total = data.n_train, self.batch_size, self.per_epoch, self.total
         log_every, eval_every, step_rule, schedule = self.log_every, self.eval_every, self.step_rule, self.schedule
         on_step_start, after_step = hooks.on_step_start, hooks.after_step
+        shuffles = self.shuffles
         window: list[torch.Tensor] = []  # detached losses since the last sync: no per-step host sync
         window_start = self.step
         xs, ys = x_train, y_train
@@ -333,7 +356,7 @@ class TrainLoop:
         while self.step < total:
             step = self.step
             b = step % per_epoch
-            if b == 0:  # a new epoch: one gather per epoch, then every batch is a view
+            if b == 0 and shuffles:  # a new epoch: one gather per epoch, then every batch is a view
                 self._perm = torch.randperm(n, generator=self.shuffle).to(x_train.device)
                 xs, ys = x_train[self._perm], y_train[self._perm]
             start = b * batch_size
@@ -356,14 +379,7 @@ class TrainLoop:
                     last = values[bad - 1] if bad > 0 else self.last_finite
                     return LoopResult("diverged", window_start + bad, self.seconds, window_start + bad, values[bad], last)
             if flushing:
-                self.last_finite = values[-1]
-                mean = math.fsum(values) / len(values)
-                record = {"step": step, "epoch": step / per_epoch, "loss": mean,
-                          "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": self.seconds}
-                ctx.log_metrics(record)
-                self.train_curve.append((step, mean))
-                for hook in hooks.on_log:
-                    hook(self, {**record, "window": len(values)})
+                self._flush(values, step)
                 window = []
                 window_start = step
             if evaluating:
@@ -375,6 +391,11 @@ class TrainLoop:
                     self.test_curve.append((step, test["loss"]))
                     for hook in hooks.on_evaluate:
                         hook(self, test)
+                if self.stop_requested:  # only an evaluation can stop training: no check per step
+                    if window:
+                        self._flush(values, step)
+                    schedule.step()
+                    break
             schedule.step()  # after logging, so that "lr" is the rate the logged steps used
             if not window and step < total and self.checkpoint_due(step):
                 ctx.save_checkpoint(self.state_dict())

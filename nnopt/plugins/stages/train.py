@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nnopt.core.component import OptimizerRef, ScheduleRef, TrackRef
+from nnopt.core.component import OptimizerRef, Params, ScheduleRef, TrackRef
 from nnopt.core.errors import StageError
-from nnopt.core.loop import CheckpointClock, LoopCallback, LoopResult, TrainLoop
+from nnopt.core.loop import BackwardStep, CheckpointClock, LoopCallback, LoopResult, TrainLoop
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
 from ._common import draw_plots, evaluate, seed_everything
 from .param_groups import ParamGroup, build_param_groups, check_group_options
-from .train_callbacks import GradClip, KeepWeights, Progress, TrackAnalyzers
+from .train_callbacks import (Autocast, EarlyStop, EarlyStopOnTrainLoss, GradClip, GradClipValue, GradScaling,
+                              KeepWeights, MicroBatchStep, Progress, Project, TrackAnalyzers)
+
+
+class Box(Params):
+    """``project: {min, max}``: the box every parameter is kept in."""
+
+    min: float = Field(..., description="lower bound of every parameter entry")
+    max: float = Field(..., description="upper bound of every parameter entry")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Box":
+        if self.min > self.max:
+            raise ValueError(f"project.min ({self.min}) is above project.max ({self.max})")
+        return self
+
+
+class EarlyStopSpec(Params):
+    """``early_stop: {metric, patience, min_delta, restore_best}``."""
+
+    metric: Literal["test_loss", "test_accuracy", "train_loss"] = Field(
+        "test_loss", description="what must improve: test_loss / train_loss (lower is better, train_loss = mean batch "
+        "loss since the previous evaluation) or test_accuracy (higher is better)")
+    patience: int = Field(..., ge=1, description="evaluations in a row without improvement after which training stops")
+    min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best value by more than this")
+    restore_best: bool = Field(False, description="end on the weights of the best evaluation instead of the last ones")
 
 
 class TrainSpec(StageSpec):
@@ -67,6 +92,31 @@ class TrainSpec(StageSpec):
         5.0, gt=0, json_schema_extra={"affects_results": False},
         description="minutes of training between resumable checkpoints when checkpoint_every is not given",
     )
+    shuffle: bool = Field(
+        True, description="reshuffle the train split every epoch (false: batches in the split's stored order, as for "
+        "online problems)")
+    project: Box | None = Field(
+        None, description="{min, max}: after every update clamp every parameter into [min, max] (projected gradient "
+        "descent onto a box)")
+    grad_clip_value: float | None = Field(
+        None, gt=0, description="clip every gradient entry to [-c, c] before each update (before grad_clip's norm "
+        "clipping when both are given)")
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches of data.batch_size per optimizer step (gradient accumulation: the "
+        "effective batch is accumulate x batch_size, its gradient that of the mean loss over it)")
+    full_batch: bool = Field(
+        False, description="every step uses the whole train split (data.batch_size is ignored; epochs = steps); with "
+        "accumulate: k the split is cut into k micro-batches")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32, or mixed precision by torch.autocast: bf16 (CPU or CUDA) or fp16 (CUDA only, with "
+        "a GradScaler); weights and optimizer state stay float32, evaluations run in float32")
+    compile: bool = Field(False, description="torch.compile the model (mode default) for training and evaluation")
+    channels_last: bool = Field(
+        False, description="model and 4-D input batches in torch.channels_last memory format (conv nets); a no-op, "
+        "with a note, for other inputs")
+    early_stop: EarlyStopSpec | None = Field(
+        None, description="{metric, patience, min_delta, restore_best}: stop when the metric has not improved for "
+        "patience evaluations (see eval_every); steps after the stop are not trained")
 
     @field_validator("keep")
     @classmethod
@@ -112,6 +162,27 @@ class Train(Stage):
     A non-finite training loss stops the stage with status ``diverged``, naming the first
     step whose loss was not finite and the last finite loss before it.
 
+    Opt-in features (each a loop callback or step rule, each recorded in the result's
+    ``results["training"]`` block with the torch optimizer class and its fused/foreach as
+    built): ``shuffle: false`` takes the split in its stored order (online problems);
+    ``project: {min, max}`` is projected gradient descent onto a box, θ ← clamp(θ, min, max)
+    after every update (θ_0 is not projected); ``grad_clip_value: c`` clamps every gradient
+    entry to [−c, c] (before ``grad_clip``'s norm clipping); ``accumulate: k`` makes one step
+    of k micro-batches of ``batch_size``, g = Σ_c (|c|/|B|) ∇L_c, exactly the mean-loss
+    gradient of the k·batch_size batch B (closure and other own-rule optimizers are refused:
+    their step re-evaluates the loss at weights of their choosing); ``full_batch`` makes every
+    step the whole split (steps = epochs; not shuffled, as order changes nothing but rounding;
+    with ``accumulate: k`` cut into k micro-batches); ``precision`` bf16/fp16 runs forward and
+    loss under ``torch.autocast`` (fp16 on CUDA only, with a checkpointed GradScaler);
+    ``compile`` compiles the model in place (``nn.Module.compile``: weight names unchanged);
+    ``channels_last`` converts a conv net and its 4-D data to NHWC (a note and no-op
+    otherwise). ``early_stop`` stops after ``patience`` evaluations in a row without an
+    improvement of more than ``min_delta``: the metrics get ``stopped_at`` (None if training
+    ran to the end), ``best_step`` and ``best_<metric>``; ``steps`` counts the steps trained;
+    kept steps after the stop hold the weights it stopped at (no later update); the final
+    weights are the last ones, or with ``restore_best`` those of the best evaluation (whose
+    test metrics are then reported).
+
     Tracked analyzers see the live model in eval mode (so they neither update normalization
     statistics nor draw dropout masks) inside a forked RNG: tracking never changes the
     training trajectory. The same spec and seed give bitwise-identical weights on CPU.
@@ -131,13 +202,56 @@ class Train(Stage):
         """The loop's callbacks for this stage, in the order their hooks run."""
         spec = self.params
         out: list[LoopCallback] = [KeepWeights(ctx, set(spec.keep))]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if spec.precision != "fp32":
+            import torch
+
+            out.append(Autocast(device.type, torch.bfloat16 if spec.precision == "bf16" else torch.float16))
+        if spec.precision == "fp16":
+            out.append(GradScaling(device.type))
         if spec.track:
             out.append(TrackAnalyzers(ctx, spec.track, ctx.seed, loss_fn, device))
+        if spec.grad_clip_value is not None:
+            out.append(GradClipValue(trainable, spec.grad_clip_value))
         if spec.grad_clip is not None:
-            out.append(GradClip([p for p in model.parameters() if p.requires_grad], spec.grad_clip))
+            out.append(GradClip(trainable, spec.grad_clip))
+        if spec.project is not None:
+            out.append(Project(trainable, spec.project.min, spec.project.max))
+        if spec.early_stop is not None:
+            e = spec.early_stop
+            cls = EarlyStopOnTrainLoss if e.metric == "train_loss" else EarlyStop
+            out.append(cls(e.metric, e.patience, e.min_delta, e.restore_best))
         return out
 
+    def _check_device_options(self, device: Any, opt_component: Any) -> None:
+        """Refuse combinations that cannot run as asked, before anything trains."""
+        import shutil
+
+        import torch
+
+        spec = self.params
+        if spec.precision == "fp16" and device.type != "cuda":
+            raise StageError(f"precision fp16 trains with a GradScaler on CUDA only, and this stage runs on {device.type}; "
+                             "use precision: bf16 (CPU or CUDA) or fp32")
+        if spec.precision == "bf16":
+            if device.type not in ("cpu", "cuda"):
+                raise StageError(f"precision bf16 is supported on cpu and cuda, not {device.type}")
+            if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise StageError("precision bf16: this CUDA device does not support bfloat16; use fp16 or fp32")
+        own_rule = type(opt_component.step_rule()) is not BackwardStep
+        for option, asked in (("accumulate", spec.accumulate > 1), ("precision fp16", spec.precision == "fp16")):
+            if asked and (opt_component.needs_closure or own_rule):
+                why = ("needs a closure (its step re-evaluates the loss at other weights)" if opt_component.needs_closure
+                       else f"computes its steps with its own rule ({type(opt_component.step_rule()).__name__})")
+                raise StageError(f"{option} works with plain-backward optimizers only: optimizer "
+                                 f"'{spec.optimizer.name}' {why}")
+        if spec.compile and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            raise StageError("compile: true on CPU needs a C++ compiler (torch.compile's inductor backend builds C++ "
+                             "kernels) and none is on PATH; install g++ or set compile: false")
+
     def run(self, ctx: StageContext) -> StageOutcome:
+        import dataclasses
+
         import torch
 
         spec = self.params
@@ -148,11 +262,18 @@ class Train(Stage):
         model.train()
         loss_fn = ctx.loss_fn()
         classification = data.task == "classification"
+        notes: list[str] = []
 
         n = data.n_train
         if n == 0:
             raise StageError("the train split is empty")
-        batch_size = min(ctx.batch_size or n, n)
+        if spec.early_stop is not None and data.x_test.shape[0] == 0:
+            raise StageError("early_stop decides at test evaluations, and the test split is empty")
+        if spec.full_batch:  # one step is the whole split, cut into `accumulate` micro-batches
+            batch_size, micro = n, -(-n // spec.accumulate)
+        else:  # `accumulate` micro-batches of data.batch_size make one step's batch
+            micro = min(ctx.batch_size or n, n)
+            batch_size = min(micro * spec.accumulate, n)
         per_epoch = math.ceil(n / batch_size)
         total = spec.steps if spec.steps is not None else spec.epochs * per_epoch  # type: ignore[operator]
         late = sorted(k for k in spec.keep if k > total)
@@ -160,6 +281,15 @@ class Train(Stage):
             raise StageError(f"keep step {late[0]} is beyond the {total} steps this stage trains")
 
         opt_component = spec.optimizer.instantiate()
+        self._check_device_options(device, opt_component)
+        if spec.channels_last:
+            if data.x_train.ndim == 4:
+                model = model.to(memory_format=torch.channels_last)
+                fmt = torch.channels_last  # batches are views of the split: convert it once
+                data = dataclasses.replace(data, x_train=data.x_train.contiguous(memory_format=fmt),
+                                           x_test=data.x_test.contiguous(memory_format=fmt))
+            else:
+                notes.append(f"channels_last ignored: the inputs are {data.x_train.ndim}-D, not 4-D images")
         params = build_param_groups(model, spec.param_groups, opt_component.params.model_dump())
         optimizer = opt_component.build(params, device)
         check_group_options(optimizer, spec.param_groups)
@@ -168,41 +298,103 @@ class Train(Stage):
         eval_batch = max(batch_size, 1024)
         callbacks = [*self.callbacks(ctx, model, loss_fn, device),
                      *opt_component.callbacks(optimizer, model), *schedule_component.callbacks(schedule)]
+        scaler = next((cb.scaler for cb in callbacks if isinstance(cb, GradScaling)), None)
+        if micro < batch_size or scaler is not None:
+            step_rule = MicroBatchStep(micro, scaler)
+        else:
+            step_rule = opt_component.step_rule()
+        if spec.compile:
+            model.compile()  # in place: the state_dict keeps its keys, so weights and checkpoints are unchanged
+        training = self._training_block(optimizer, device, batch_size, micro, notes)
+
         with ctx.progress(total, f"train {ctx.stage_id}") as bar:
             loop = TrainLoop(
                 ctx, model, optimizer, schedule, loss_fn, data, total=total, batch_size=batch_size, shuffle_seed=ctx.seed,
                 evaluate=lambda m: evaluate(m, loss_fn, data.x_test, data.y_test, classification, eval_batch),
                 log_every=spec.log_every, eval_every=spec.eval_every, callbacks=[*callbacks, Progress(bar)],
-                step_rule=opt_component.step_rule(),
+                step_rule=step_rule, shuffle=spec.shuffle and not spec.full_batch,
             )
             state = ctx.load_checkpoint()
             if state is not None:  # a killed run of this very stage saved this: continue from it
                 loop.load_state_dict(state)
             loop.checkpoint_due = CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, loop.step)
-            result = loop.run()
+            result = self._run_loop(loop)
         tracks = next((cb.tracks for cb in callbacks if isinstance(cb, TrackAnalyzers)), [])
         if result.status == "diverged":
-            return self._diverged(ctx, loop, result, tracks)
+            return self._diverged(ctx, loop, result, tracks, training)
+        stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStop)), None)
+        trained = loop.step
+        if trained < total:  # stopped early: later kept steps hold the weights training stopped at
+            for k in spec.keep:
+                if k > trained:
+                    with loop.evaluation():
+                        ctx.save_weights(model.state_dict(), step=k)
 
+        test = loop.test
         with loop.evaluation():  # the weights the method reports (schedule-free's x_t, an average, ...)
+            if stopper is not None and stopper.restore_best and stopper.best_state is not None:
+                model.load_state_dict(stopper.best_state)
+                test = evaluate(model, loss_fn, data.x_test, data.y_test, classification, eval_batch)
             train = evaluate(model, loss_fn, data.x_train, data.y_train, classification, eval_batch)
             if not math.isfinite(train["loss"]):
-                return self._diverged(ctx, loop, LoopResult("diverged", total, result.seconds, total, train["loss"],
-                                                            loop.last_finite), tracks)
+                return self._diverged(ctx, loop, LoopResult("diverged", trained, result.seconds, trained, train["loss"],
+                                                            loop.last_finite), tracks, training)
             ctx.save_weights(model.state_dict(), step=None)
         self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
 
         metrics: dict[str, Any] = {f"train_{k}": v for k, v in train.items()}
-        metrics.update({f"test_{k}": v for k, v in loop.test.items()})  # the loop evaluates at the last step
+        metrics.update({f"test_{k}": v for k, v in test.items()})  # the loop evaluates at the last step
         metrics.update({
-            "steps": total,
-            "epochs": total / per_epoch,
+            "steps": trained,
+            "epochs": trained / per_epoch,
             "seconds": result.seconds,
-            "steps_per_second": total / result.seconds if result.seconds > 0 else None,
+            "steps_per_second": trained / result.seconds if result.seconds > 0 else None,
         })
-        return StageOutcome(metrics=metrics)
+        if stopper is not None:
+            metrics.update({"stopped_at": stopper.stopped_at, "best_step": stopper.best_step,
+                            f"best_{stopper.metric}": stopper.best})
+            training["early_stop"] = {"stopped_at": stopper.stopped_at, "best_step": stopper.best_step,
+                                      "restored_best": bool(stopper.restore_best and stopper.best_state is not None)}
+        return StageOutcome(metrics=metrics, results={"training": training}, message="; ".join(notes) or None)
 
-    def _diverged(self, ctx: StageContext, loop: TrainLoop, result: LoopResult, tracks: list) -> StageOutcome:
+    def _run_loop(self, loop: TrainLoop) -> LoopResult:
+        if not self.params.compile:
+            return loop.run()
+        import torch._dynamo
+
+        try:
+            return loop.run()
+        except torch._dynamo.exc.TorchDynamoException as err:  # compiling failed: say so, not a 100-line trace
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StageError(f"compile: true failed, torch.compile could not compile the model "
+                             f"({type(err).__name__}: {first[:300]}); set compile: false") from None
+
+    def _training_block(self, optimizer: Any, device: Any, batch_size: int, micro: int, notes: list[str]) -> dict[str, Any]:
+        """How this stage actually trained, as built (``results["training"]``, shown by ``nnopt show``)."""
+        spec = self.params
+        cls = type(optimizer)
+        defaults = optimizer.defaults
+        return {
+            "optimizer": f"{cls.__module__}.{cls.__qualname__}",
+            "fused": bool(defaults.get("fused")) if "fused" in defaults else None,
+            "foreach": defaults.get("foreach") if "foreach" in defaults else None,
+            "device": str(device),
+            "precision": spec.precision,
+            "compile": spec.compile,
+            "channels_last": spec.channels_last and not any(note.startswith("channels_last") for note in notes),
+            "full_batch": spec.full_batch,
+            "batch_size": batch_size,
+            "accumulate": spec.accumulate,
+            "micro_batch_size": micro,
+            "shuffle": spec.shuffle and not spec.full_batch,
+            "project": spec.project.model_dump() if spec.project is not None else None,
+            "grad_clip": spec.grad_clip,
+            "grad_clip_value": spec.grad_clip_value,
+            "notes": list(notes),
+        }
+
+    def _diverged(self, ctx: StageContext, loop: TrainLoop, result: LoopResult, tracks: list,
+                  training: dict[str, Any]) -> StageOutcome:
         at, per_epoch = result.diverged_at, loop.per_epoch
         ctx.log_metrics({"step": at, "epoch": at / per_epoch, "loss": result.value, "diverged": True})
         self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
@@ -210,6 +402,7 @@ class Train(Stage):
             status="diverged",
             metrics={"diverged_at_step": at, "last_finite_loss": result.last_finite, "steps": at,
                      "epochs": at / per_epoch, "seconds": result.seconds},
+            results={"training": training},
             message=f"training loss became {result.value} at step {at} (last finite loss: {result.last_finite})",
         )
 

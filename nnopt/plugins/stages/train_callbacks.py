@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nnopt.core.component import TrackRef
 from nnopt.core.kinds import AnalysisContext, Analyzer
-from nnopt.core.loop import LoopCallback
+from nnopt.core.loop import LoopCallback, StepRule
 
 from ._common import derived_generator, fork_rng, unique_key
 
@@ -115,3 +115,189 @@ class TrackAnalyzers(LoopCallback):
         for t, (gen, series) in zip(self.tracks, state):
             t.generator.set_state(gen)
             t.series[:] = series
+
+
+class GradClipValue(LoopCallback):
+    """Clips every gradient entry to [−c, c] before each update (``clip_grad_value_``); runs
+    before the norm clipping of ``GradClip`` when both are set."""
+
+    def __init__(self, params: list["torch.Tensor"], clip_value: float):
+        import torch
+
+        self.params, self.clip_value = params, clip_value
+        self._clip = torch.nn.utils.clip_grad_value_
+
+    def after_backward(self, loop: "TrainLoop") -> None:
+        self._clip(self.params, self.clip_value)
+
+
+class Project(LoopCallback):
+    """Projected gradient descent onto the box [lo, hi]^d: after every update
+    θ ← Π(θ) = min(max(θ, lo), hi) elementwise, the Euclidean projection onto the box. The
+    initialization θ_0 is left as it is (``keep: [0]`` stores it unprojected)."""
+
+    def __init__(self, params: list["torch.Tensor"], lo: float, hi: float):
+        self.params, self.lo, self.hi = params, lo, hi
+
+    def after_step(self, loop: "TrainLoop") -> None:
+        import torch
+
+        with torch.no_grad():
+            for p in self.params:
+                p.clamp_(self.lo, self.hi)
+
+
+class Autocast(LoopCallback):
+    """Mixed precision: every training forward pass and loss run under ``torch.autocast``
+    (matrix products in ``dtype``, reductions and losses in float32); the weights, gradients
+    and optimizer state stay float32. Evaluations run in full precision."""
+
+    def __init__(self, device_type: str, dtype: "torch.dtype"):
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward_context(self, loop: "TrainLoop"):
+        import torch
+
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+class GradScaling(LoopCallback):
+    """Holds the ``torch.amp.GradScaler`` of float16 training, so that its loss scale (and
+    growth counter) is saved in every checkpoint and a resumed run continues bitwise."""
+
+    def __init__(self, device_type: str):
+        import torch
+
+        self.scaler = torch.amp.GradScaler(device_type)
+
+    def state_dict(self) -> Any:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.scaler.load_state_dict(state)
+
+
+class MicroBatchStep(StepRule):
+    """One optimizer step from micro-batches: g = Σ_c (|c|/|B|) ∇L_c(θ), then θ ← step(θ, g).
+
+    The loop's batch B is cut into micro-batches c of ``micro`` examples (the last one
+    possibly smaller); each one's mean loss L_c, weighted by |c|/|B|, is backpropagated into
+    the same ``.grad``, so g is exactly the gradient of the mean loss over B (up to rounding)
+    while only one micro-batch's activations are in memory: gradient accumulation. (Layers
+    whose output depends on the batch, such as BatchNorm, see micro-batch statistics.) The
+    reported loss is Σ_c (|c|/|B|) L_c, the mean loss over B. ``after_backward`` runs once, on
+    the accumulated gradient, so clipping acts on g.
+
+    With a ``scaler`` (float16), each micro-batch loss is multiplied by the loss scale before
+    its backward pass, g is unscaled before ``after_backward``, and the scaler skips the update
+    (and lowers the scale) when g has an inf or NaN. This is plain backward's rule; optimizers
+    with their own step rule (closures, two passes) cannot be combined with it.
+    """
+
+    def __init__(self, micro: int | None = None, scaler: "torch.amp.GradScaler | None" = None):
+        self.micro, self.scaler = micro, scaler
+
+    def step(self, loop: "TrainLoop", xb: "torch.Tensor", yb: "torch.Tensor") -> "torch.Tensor":
+        optimizer, scaler, model, loss_fn = loop.optimizer, self.scaler, loop.model, loop.loss_fn
+        n = int(xb.shape[0])
+        micro = self.micro or n
+        optimizer.zero_grad(set_to_none=True)
+        total = None
+        for start in range(0, n, micro):
+            xc, yc = xb[start : start + micro], yb[start : start + micro]
+            with loop.forward():
+                loss = loss_fn(model(xc), yc)
+            if xc.shape[0] != n:
+                loss = loss * (xc.shape[0] / n)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        for hook in loop.hooks.after_backward:
+            hook(loop)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return total
+
+
+class EarlyStop(LoopCallback):
+    """Stops training when ``metric`` has not improved by more than ``min_delta`` on the best
+    value so far for ``patience`` evaluations in a row (Prechelt, "Early stopping — but when?",
+    1998). ``test_loss`` improves downwards, ``test_accuracy`` upwards. With ``restore_best``
+    the weights of the best evaluation (as reported, inside ``evaluate_context``) are kept in
+    memory, and in checkpoints, so that the stage can end on them.
+    """
+
+    def __init__(self, metric: str, patience: int, min_delta: float, restore_best: bool):
+        self.metric, self.patience, self.min_delta, self.restore_best = metric, patience, min_delta, restore_best
+        self.sign = -1.0 if metric == "test_accuracy" else 1.0  # compare sign·value: smaller is better
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad = 0  # evaluations since the last improvement
+        self.stopped_at: int | None = None
+        self.best_state: dict[str, Any] | None = None
+
+    def value(self, loop: "TrainLoop", metrics: dict[str, float]) -> float | None:
+        return metrics.get(self.metric.removeprefix("test_"))
+
+    def on_evaluate(self, loop: "TrainLoop", metrics: dict[str, float]) -> None:
+        import math
+
+        value = self.value(loop, metrics)
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is None or self.sign * value < self.sign * self.best - self.min_delta:
+            self.best, self.best_step, self.bad = value, loop.step, 0
+            if self.restore_best:
+                with loop.evaluation():
+                    self.best_state = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+            return
+        self.bad += 1
+        if self.bad >= self.patience:
+            self.stopped_at = loop.step
+            loop.request_stop()
+
+    def state_dict(self) -> Any:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped_at": self.stopped_at,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
+        self.stopped_at, self.best_state = state["stopped_at"], state["best_state"]
+
+
+class EarlyStopOnTrainLoss(EarlyStop):
+    """``EarlyStop`` on ``train_loss``: the mean training batch loss of the steps since the
+    previous evaluation (kept on the device, synced at the evaluation: no sync per step)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._losses: list[Any] = []  # this interval's detached batch losses
+        self._resumed: Any = None  # those of a checkpointed interval, as one CPU tensor
+
+    def after_step(self, loop: "TrainLoop") -> None:
+        self._losses.append(loop.loss)
+
+    def _interval(self) -> Any:
+        import torch
+
+        parts = [torch.stack(self._losses)] if self._losses else []
+        if self._resumed is not None:
+            parts.insert(0, self._resumed.to(parts[0].device) if parts else self._resumed)
+        return torch.cat(parts) if parts else None
+
+    def value(self, loop: "TrainLoop", metrics: dict[str, float]) -> float | None:
+        losses = self._interval()
+        self._losses, self._resumed = [], None
+        return None if losses is None else float(losses.double().mean())
+
+    def state_dict(self) -> Any:
+        losses = self._interval()
+        return {**super().state_dict(), "losses": None if losses is None else losses.cpu()}
+
+    def load_state_dict(self, state: Any) -> None:
+        super().load_state_dict(state)
+        self._losses, self._resumed = [], state["losses"]
