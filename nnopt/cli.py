@@ -283,12 +283,45 @@ def list_components(kind: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("kind")
 @click.argument("name")
-def describe(kind: str, name: str) -> None:
-    """Print a component's docstring and parameter schema (types, defaults, ranges)."""
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="schedules only: draw η_t over --steps steps into this PNG instead of printing")
+@click.option("--set", "--param", "sets", multiple=True, metavar="KEY=VALUE",
+              help="with --plot: a parameter of the schedule (YAML-typed; `then.name=cosine` for a nested one)")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="with --plot: steps T of the run drawn")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="with --plot: the optimizer's rate η₀")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=10, show_default=True,
+              help="with --plot: the epoch length, for periods given in epochs")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="with --plot: the batch size, for schedules that scale with it (linear_scaling)")
+def describe(kind: str, name: str, plot_path: str | None, sets: tuple[str, ...], steps: int, lr: float,
+             steps_per_epoch: int, batch_size: int) -> None:
+    """Print a component's docstring and parameter schema (types, defaults, ranges).
+
+    With --plot (schedules): validate the params given with --set like a pipeline file's, and
+    draw the learning rate η_t of a --steps-step run into a PNG."""
     from nnopt.core.describe import describe_component
     from nnopt.core.registry import Registry, normalize_kind
 
-    click.echo(describe_component(Registry(), normalize_kind(kind), name))
+    kind = normalize_kind(kind)
+    if plot_path is None:
+        if sets:
+            raise click.UsageError("--set/--param are only used with --plot")
+        click.echo(describe_component(Registry(), kind, name))
+        return
+    if kind != "schedules":
+        raise click.UsageError(f"--plot draws schedules, not {kind}")
+    from nnopt.core.describe import configured_component, plot_schedule, schedule_curve
+
+    schedule = configured_component(Registry(), kind, name, sets)
+    try:
+        curve = schedule_curve(schedule, steps, lr, steps_per_epoch, batch_size)
+    except ValueError as err:  # the params are valid alone but not for this run (a warmup longer than it)
+        raise click.UsageError(f"schedule '{name}' cannot run {steps} steps: {err}") from None
+    settings = ", ".join(sets)
+    path = plot_schedule(name, curve, plot_path, f"{name}({settings})  η₀={lr:g}" if settings else f"{name}  η₀={lr:g}")
+    click.echo(f"wrote {path}: η_t for t = 0…{steps - 1}, from {curve[0]:.6g} to {curve[-1]:.6g} "
+               f"(min {min(curve):.6g}, max {max(curve):.6g})")
 
 
 @main.command()

@@ -148,3 +148,71 @@ def _flatten_refs(schema: dict[str, Any], registry: Registry) -> None:
             mapping["properties"]["every"] = {"type": "integer", "minimum": 1}
         definition.clear()
         definition.update({"title": title, "anyOf": [names, mapping]})
+
+
+# --------------------------------------------------------------------------- schedule plots
+def configured_component(registry: Registry, kind: str, name: str, settings: list[str] | tuple[str, ...] = ()) -> Any:
+    """An instance of component ``name`` of ``kind`` with params given as ``key=value`` texts
+    (``--set`` syntax: dotted keys, YAML-typed values; ``then.name=cosine`` for a nested one),
+    validated and resolved (nested components too) exactly as in a pipeline file. Every
+    problem is a located ``SpecError`` (``--set tau=-1: tau: ...``)."""
+    from pydantic import ValidationError
+
+    from .component import ref_type
+    from .errors import Problems
+    from .overrides import apply, parse_set
+    from .planner import resolve_components
+    from .spec import diagnostics_from
+    from .yaml_source import Source
+
+    source = Source({"name": name}, f"{singular(kind)} '{name}'")
+    problems = Problems()
+    for text in settings:
+        for diag in apply(source, parse_set(text)):
+            problems.add(diag)
+    problems.raise_if_any()
+    ref_cls = ref_type(kind)
+    try:
+        ref = ref_cls.model_validate(source.data)
+    except ValidationError as err:
+        for diag in diagnostics_from(err, source, ()):
+            problems.add(diag)
+        problems.raise_if_any()
+    resolve_components(ref, (), source, registry, problems)
+    problems.raise_if_any()
+    return ref.instantiate()
+
+
+def schedule_curve(schedule: Any, steps: int, lr: float = 0.1, steps_per_epoch: int = 1, batch_size: int = 1) -> list[float]:
+    """η_t for t = 0 … steps−1 (the rate step t uses) of a schedule component, built for a
+    ``steps``-step run on a one-parameter SGD at rate ``lr``, stepped as the training loop
+    steps it. A schedule driven by readings (plateau) gets none, so it stays at ``lr``."""
+    import warnings
+
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = schedule.bind(steps_per_epoch, batch_size).build(opt, steps)
+    out = []
+    with warnings.catch_warnings():  # the parameter has no gradient: its step is a no-op on purpose
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            out.append(float(opt.param_groups[0]["lr"]))
+            opt.step()
+            scheduler.step()
+    return out
+
+
+def plot_schedule(name: str, curve: list[float], path: Any, title: str = "") -> Any:
+    """Draw η_t against t into a PNG at ``path``; returns the path."""
+    from pathlib import Path
+
+    from nnopt.plugins.analyzers._plot import new_figure, save
+
+    fig, ax = new_figure()
+    ax.plot(range(len(curve)), curve, linewidth=1.4)
+    ax.set_xlabel("step t")
+    ax.set_ylabel("learning rate η_t")
+    ax.set_title(title or f"schedule '{name}'")
+    ax.grid(True, alpha=0.3)
+    return save(fig, Path(path))
