@@ -261,13 +261,16 @@ def validate(file: str, sets: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------- components
 @main.command(name="list")
 @click.argument("kind", required=False)
+@click.option("--bridged", is_flag=True,
+              help="also every name the bridges provide (torch.*, pytorch_optimizer.*): imports those libraries")
 @json_option
-def list_components(kind: str | None, as_json: bool) -> None:
-    """List registered components (name, kind, providing package). Imports no plugin."""
+def list_components(kind: str | None, bridged: bool, as_json: bool) -> None:
+    """List registered components (name, kind, providing package). Imports no plugin
+    (unless --bridged, which imports the bridged libraries to list their names)."""
     from nnopt.core.registry import Registry, normalize_kind
 
     registry = Registry()
-    entries = registry.entries(normalize_kind(kind) if kind else None)
+    entries = registry.entries(normalize_kind(kind) if kind else None, bridged=bridged)
     counts: dict[tuple[str, str], int] = {}
     for e in entries:
         counts[(e.kind, e.name)] = counts.get((e.kind, e.name), 0) + 1

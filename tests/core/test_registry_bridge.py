@@ -165,3 +165,15 @@ def test_describe_a_bridged_optimizer(bridged):
     assert text.startswith(f"optimizer 'torch.Rprop' — torch {version('torch')}")
     assert "Implements the resilient backpropagation algorithm." in text and "Bridged from" in text
     assert "etas" in text and "list[float]" in text
+
+
+def test_nnopt_list_shows_bridged_names_only_with_the_flag(bridged):
+    from click.testing import CliRunner
+
+    from nnopt.cli import main
+
+    plain = CliRunner().invoke(main, ["list", "optimizers"])
+    flagged = CliRunner().invoke(main, ["list", "optimizers", "--bridged"])
+    assert plain.exit_code == 0 and flagged.exit_code == 0
+    assert "torch.Rprop" not in plain.stdout and "torch.Rprop" in flagged.stdout
+    assert "pytorch_optimizer.adan" in flagged.stdout and "sgd" in flagged.stdout
