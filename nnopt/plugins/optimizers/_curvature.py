@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -133,6 +133,39 @@ def has_batch_coupling(model: nn.Module) -> str | None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
             return name or type(module).__name__
     return None
+
+
+@dataclass
+class FirstGradient:
+    """The batch loss at θ and, when the step goes on, the trainable parameters with their
+    gradient g flattened (``params`` empty: nothing to precondition, or a non-finite loss)."""
+
+    loss: torch.Tensor
+    params: list[torch.Tensor]
+    g: torch.Tensor | None
+
+
+def first_gradient(loop: Any, xb: torch.Tensor, yb: torch.Tensor, method: str) -> FirstGradient:
+    """Forward, backward and the ``after_backward`` hooks at θ: what every curvature step
+    (natural gradient, Hessian-free) starts from before its CG solve.
+
+    A non-finite loss stops there: the loop reports the divergence, and curvature of NaNs
+    means nothing. The model must be deterministic (``check_deterministic``): the curvature
+    products re-run it and must see the same function."""
+    opt, model = loop.optimizer, loop.model
+    opt.zero_grad(set_to_none=True)
+    with loop.forward():
+        loss = loop.loss_fn(model(xb), yb)
+    if not torch.isfinite(loss):
+        return FirstGradient(loss.detach(), [], None)
+    loss.backward()
+    for hook in loop.hooks.after_backward:
+        hook(loop)
+    params = [p for p in opt.parameters() if p.grad is not None]
+    if not params:
+        return FirstGradient(loss.detach(), [], None)
+    check_deterministic(model, method)
+    return FirstGradient(loss.detach(), params, flatten([p.grad for p in params]))
 
 
 class BatchFunction:

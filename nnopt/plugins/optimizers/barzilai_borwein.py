@@ -12,45 +12,12 @@ from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 from nnopt.core.loop import BackwardStep, LoopCallback, StepRule
 
+from .full_batch import FullBatchStep
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from nnopt.core.loop import TrainLoop
-
-# Rows of the train split per forward pass of a full-batch gradient: bounds the activations
-# held at once; the chunks' mean losses are weighted by their sizes, so the sum is exact.
-FULL_BATCH_CHUNK = 8192
-
-
-def full_batch_backward(loop: "TrainLoop") -> torch.Tensor:
-    """Accumulate ∇F(θ) = ∇ (1/n) Σ_i ℓ_i(θ) over the whole train split into ``.grad`` (the
-    gradients are zeroed first) and return the detached full-batch loss F(θ)."""
-    x, y = loop.data.x_train, loop.data.y_train
-    n = int(x.shape[0])
-    loop.optimizer.zero_grad(set_to_none=True)
-    total = None
-    for start in range(0, n, FULL_BATCH_CHUNK):
-        xc, yc = x[start : start + FULL_BATCH_CHUNK], y[start : start + FULL_BATCH_CHUNK]
-        with loop.forward():
-            loss = loop.loss_fn(loop.model(xc), yc)
-        weight = xc.shape[0] / n
-        (loss * weight if weight != 1.0 else loss).backward()
-        part = loss.detach() * weight
-        total = part if total is None else total + part
-    return total
-
-
-class FullBatchStep(StepRule):
-    """θ ← step(θ, ∇F(θ)) with F the mean loss over the *whole* train split, whatever the loop's
-    mini-batch is: full-batch gradient descent inside the mini-batch loop. Returns F(θ)."""
-
-    def step(self, loop: "TrainLoop", xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        loss = full_batch_backward(loop)
-        for hook in loop.hooks.after_backward:
-            hook(loop)
-        loop.optimizer.step()
-        return loss
-
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(sum(torch.sum(u * v) for u, v in zip(a, b)))
@@ -249,7 +216,7 @@ class BarzilaiBorwein(Optimizer):
         return not self.params.stochastic if self.params.full_batch is None else self.params.full_batch
 
     def step_rule(self) -> StepRule:
-        return FullBatchStep() if self._full_batch() else BackwardStep()
+        return FullBatchStep(method="barzilai_borwein", one_step_epochs=False) if self._full_batch() else BackwardStep()
 
     def callbacks(self, optimizer: torch.optim.Optimizer, model: "nn.Module") -> list[LoopCallback]:
         return [_EpochLength(optimizer)] if self.params.stochastic else []

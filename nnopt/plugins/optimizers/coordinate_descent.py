@@ -12,7 +12,7 @@ from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 from nnopt.core.loop import StepRule
 
-from .barzilai_borwein import full_batch_backward
+from .full_batch import DEFAULT_CHUNK, full_batch_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from nnopt.core.loop import TrainLoop
@@ -146,7 +146,8 @@ class CoordinateStep(StepRule):
         opt.ensure_seeded(loop.ctx.seed)
         if not self.lipschitz:
             if self.full_batch:
-                loss = full_batch_backward(loop)
+                opt.zero_grad(set_to_none=True)
+                loss = full_batch_loss(loop, DEFAULT_CHUNK)
             else:
                 opt.zero_grad(set_to_none=True)
                 with loop.forward():

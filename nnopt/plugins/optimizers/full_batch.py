@@ -18,6 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from nnopt.core.loop import TrainLoop
 
 
+# Rows of the train split per forward pass of a full-batch gradient, where a method has no
+# `chunk_size` of its own: bounds the activations held at once (the chunks' mean losses are
+# weighted by their sizes, so the sum is the full-batch mean up to rounding).
+DEFAULT_CHUNK = 8192
+
+
 def require_full_batch(loop: "TrainLoop", method: str) -> None:
     """Refuse a stage whose epoch has more than one step: a full-batch method takes the whole
     train split at every step, so with ``batch_size < n_train`` the stage's ``epochs`` and
@@ -57,11 +63,14 @@ class FullBatchStep(StepRule):
     """One step on the full-batch gradient ∇L(θ) = (1/n) Σ_i ∇ℓ_i(θ) (the loop's batch is not
     used); the reported loss is L(θ) at the weights before the update."""
 
-    def __init__(self, chunk_size: int, method: str = "gd"):
-        self.chunk_size, self.method = chunk_size, method
+    def __init__(self, chunk_size: int = DEFAULT_CHUNK, method: str = "gd", one_step_epochs: bool = True):
+        # one_step_epochs: refuse a batch_size that makes an epoch more than one step (gd,
+        # lbfgs); a method that is full-batch only by option (barzilai_borwein) counts
+        # epochs by the data's batch_size like any other
+        self.chunk_size, self.method, self.one_step_epochs = chunk_size, method, one_step_epochs
 
     def step(self, loop: "TrainLoop", xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        if loop.step == 0 or loop.per_epoch != 1:
+        if self.one_step_epochs and (loop.step == 0 or loop.per_epoch != 1):
             require_full_batch(loop, self.method)
         loop.optimizer.zero_grad(set_to_none=True)
         loss = full_batch_loss(loop, self.chunk_size)

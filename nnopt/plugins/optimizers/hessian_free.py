@@ -12,7 +12,7 @@ from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 from nnopt.core.loop import StepRule
 
-from ._curvature import BatchFunction, DirectionStep, check_deterministic, conjugate_gradient, flatten, unflatten
+from ._curvature import BatchFunction, DirectionStep, conjugate_gradient, first_gradient, flatten, unflatten
 
 #: Levenberg–Marquardt rule of Martens 2010, §4.1
 RHO_LOW, RHO_HIGH, GROW, SHRINK = 0.25, 0.75, 1.5, 2.0 / 3.0
@@ -54,19 +54,10 @@ class HessianFreeStep(StepRule):
 
     def step(self, loop: Any, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         spec, model, opt = self.params, loop.model, loop.optimizer
-        opt.zero_grad(set_to_none=True)
-        with loop.forward():
-            loss = loop.loss_fn(model(xb), yb)
-        if not torch.isfinite(loss):  # the loop reports the divergence; curvature of NaNs is meaningless
-            return loss.detach()
-        loss.backward()
-        for hook in loop.hooks.after_backward:
-            hook(loop)
-        params = [p for p in opt.parameters() if p.grad is not None]
-        if not params:
-            return loss.detach()
-        check_deterministic(model, "hessian_free")
-        g = flatten([p.grad for p in params])
+        first = first_gradient(loop, xb, yb, "hessian_free")
+        if not first.params:
+            return first.loss
+        loss, params, g = first.loss, first.params, first.g
         fn = BatchFunction(model, params, loop.loss_fn, xb, yb)
         gauss_newton = fn.gauss_newton()
         group0 = opt.param_groups[0]

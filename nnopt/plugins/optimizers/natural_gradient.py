@@ -11,7 +11,7 @@ from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 from nnopt.core.loop import StepRule
 
-from ._curvature import BatchFunction, DirectionStep, check_deterministic, conjugate_gradient, flatten, unflatten
+from ._curvature import BatchFunction, DirectionStep, conjugate_gradient, first_gradient, unflatten
 
 
 class NaturalGradientParams(Params):
@@ -40,19 +40,10 @@ class NaturalGradientStep(StepRule):
 
     def step(self, loop: Any, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         spec, model, opt = self.params, loop.model, loop.optimizer
-        opt.zero_grad(set_to_none=True)
-        with loop.forward():
-            loss = loop.loss_fn(model(xb), yb)
-        if not torch.isfinite(loss):  # the loop reports the divergence; curvature of NaNs is meaningless
-            return loss.detach()
-        loss.backward()
-        for hook in loop.hooks.after_backward:
-            hook(loop)
-        params = [p for p in opt.parameters() if p.grad is not None]
-        if not params:
-            return loss.detach()
-        check_deterministic(model, "natural_gradient")
-        g = flatten([p.grad for p in params])
+        first = first_gradient(loop, xb, yb, "natural_gradient")
+        if not first.params:
+            return first.loss
+        loss, params, g = first.loss, first.params, first.g
         fn = BatchFunction(model, params, loop.loss_fn, xb, yb)
         fisher = fn.gauss_newton() if spec.fisher == "true" else fn.empirical_fisher(spec.max_per_example_elements)
         damping = spec.damping

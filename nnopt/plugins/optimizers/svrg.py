@@ -11,7 +11,7 @@ from nnopt.core.component import Params
 from nnopt.core.kinds import Optimizer
 from nnopt.core.loop import StepRule
 
-from .barzilai_borwein import FULL_BATCH_CHUNK
+from .full_batch import DEFAULT_CHUNK as FULL_BATCH_CHUNK
 
 if TYPE_CHECKING:  # pragma: no cover
     from nnopt.core.loop import TrainLoop

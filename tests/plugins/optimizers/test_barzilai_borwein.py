@@ -8,7 +8,8 @@ from pydantic import ValidationError
 
 from nnopt.core.kinds import DataSplit
 from nnopt.core.loop import TrainLoop
-from nnopt.plugins.optimizers.barzilai_borwein import BarzilaiBorwein, BarzilaiBorweinOptimizer, FullBatchStep
+from nnopt.plugins.optimizers.barzilai_borwein import BarzilaiBorwein, BarzilaiBorweinOptimizer
+from nnopt.plugins.optimizers.full_batch import FullBatchStep
 
 CPU = torch.device("cpu")
 SPECTRUM = torch.logspace(0, -3, 12, dtype=torch.float64)  # F(θ) = ½ Σ_i a_i θ_i², κ = 1000
