@@ -32,7 +32,7 @@ from typing import Any, Callable
 from .errors import StageError
 from .gc_policy import freeze_survivors
 from .planner import Plan, PlannedStage
-from .stage import ResolvedWeights, StageContext, json_safe, weights_file
+from .stage import MASKS_FILE, ResolvedWeights, StageContext, json_safe, weights_file
 from .store import CHECKPOINT, StageBusy, Store, read_json, write_json
 
 OK = ("ran", "cached")
@@ -215,7 +215,8 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
         # the weights a stage starts `from` go into the stage's own model (it may change,
         # say, the activation); other references are read with the model that made them
         model = st.model if st.spec.from_ is not None and text == str(st.spec.from_) else plan.stage(ref.stage).model
-        weights[text] = ResolvedWeights(store.stage_dir(plan.stage(ref.stage).key) / weights_file(ref.step), model)
+        stage_dir = store.stage_dir(plan.stage(ref.stage).key)
+        weights[text] = ResolvedWeights(stage_dir / weights_file(ref.step), model, stage_dir / MASKS_FILE)
     ctx = StageContext(st.id, st.spec, st.seed, device, workdir, st.data, st.model, st.loss, weights,
                        progress=lambda total, desc: StageProgress(total, desc, enabled=progress))
     start_wall, t0 = time.time(), time.perf_counter()

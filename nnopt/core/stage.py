@@ -79,12 +79,20 @@ def weights_file(step: int | None) -> str:
     return "weights/final.safetensors" if step is None else f"weights/step_{step}.safetensors"
 
 
+#: where a stage keeps the masks its weights obey (pruning): one file for all its weights,
+#: the same tensor names as the weights, 1 = kept, 0 = pruned; absent for a dense stage
+MASKS_FILE = "masks.safetensors"
+
+
 @dataclass
 class ResolvedWeights:
     """A weight reference resolved by the engine to a file and the model that reads it."""
 
     path: Path
     model: ModelSpec
+    #: the referenced stage's masks file (``MASKS_FILE`` in its directory; it may not exist:
+    #: a dense stage has none)
+    masks: Path | None = None
 
 
 class StageContext:
@@ -153,6 +161,16 @@ class StageContext:
 
         return load_file(str(self._resolve(ref).path), device=str(self.device))
 
+    def load_masks(self, ref: WeightRef | str) -> dict[str, "torch.Tensor"] | None:
+        """The masks the referenced stage's weights obey (``{name: 0/1 tensor}``), or None
+        when that stage is dense (it saved none)."""
+        from safetensors.torch import load_file
+
+        path = self._resolve(ref).masks
+        if path is None or not path.is_file():
+            return None
+        return load_file(str(path), device=str(self.device))
+
     def load_model(self, ref: WeightRef | str) -> "nn.Module":
         """The model holding a weight reference's weights: this stage's own model for its
         ``from``, the referenced stage's model for any other reference."""
@@ -183,6 +201,14 @@ class StageContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         # safetensors refuses shared or non-contiguous storage; a detached clone is neither.
         save_file({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}, str(path))
+        return path
+
+    def save_masks(self, masks: dict[str, "torch.Tensor"]) -> Path:
+        """Store the masks this stage's weights obey as ``masks.safetensors`` (1 kept, 0 pruned)."""
+        from safetensors.torch import save_file
+
+        path = self.out_dir / MASKS_FILE
+        save_file({k: v.detach().contiguous().cpu().clone() for k, v in masks.items()}, str(path))
         return path
 
     @property

@@ -112,3 +112,16 @@ def test_every_analyzer_sees_the_stored_weights_unchanged(tmp_path, trained):
     assert not any(p.grad is not None for p in second.model.parameters())  # gradients cleared
     assert not second.model.training  # back in eval mode
     assert all(torch.equal(p, q) for p, q in zip(second.model.parameters(), first.load_model("dense").parameters()))
+
+
+def test_masks_saved_by_a_stage_are_loaded_by_the_stages_that_refer_to_it(tmp_path, trained):
+    """The engine's masks artifact: ``save_masks`` in one stage, ``load_masks(ref)`` in the next;
+    a dense stage's reference has none."""
+    stage, ctx = make_stage("analyze", tmp_path / "pruned", analyzers=["grad_norms"])
+    mask = {"linear1.weight": (torch.arange(12.0).reshape(3, 4) % 2 == 0).float()}
+    path = ctx.save_masks(mask)
+    with_masks = {"pruned": ResolvedWeights(trained["dense"].path, model_spec(), path),
+                  "dense": ResolvedWeights(trained["dense"].path, model_spec(), tmp_path / "nowhere" / "masks.safetensors")}
+    _, reader = make_stage("analyze", tmp_path / "reader", weights=with_masks, analyzers=["grad_norms"])
+    assert torch.equal(reader.load_masks("pruned")["linear1.weight"], mask["linear1.weight"])
+    assert reader.load_masks("dense") is None
