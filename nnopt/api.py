@@ -25,6 +25,7 @@ from nnopt.core.kinds import (
     Loss,
     Normalizer,
     Optimizer,
+    Pruner,
     Schedule,
 )
 from nnopt.core.model_spec import ModelSpec
@@ -33,6 +34,6 @@ from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 __all__ = [
     "Activation", "AnalysisContext", "Analyzer", "Architecture", "Component", "ComponentRef",
     "DataSplit", "Dataset", "DatasetParams", "Initializer", "Loss", "ModelSpec", "NoParams",
-    "Normalizer", "Optimizer", "Params", "Schedule", "Stage", "StageContext", "StageOutcome",
+    "Normalizer", "Optimizer", "Params", "Pruner", "Schedule", "Stage", "StageContext", "StageOutcome",
     "StageSpec", "TrackRef", "WeightRef", "ref_type",
 ]

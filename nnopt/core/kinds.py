@@ -248,6 +248,29 @@ class Schedule(Component):
         return []
 
 
+# --------------------------------------------------------------------------- pruning
+class Pruner(Component):
+    """Kind ``pruners``: decides which weights to remove (the ``prune`` stage, SPEC §2).
+
+    ``masks(weights, current, generator)`` is given the prunable tensors (``{name: tensor}``,
+    selected by the stage from the pruner's ``prunable`` param where it has one) and their
+    current masks (same names and shapes, 1 = kept, 0 = pruned; all ones for a dense model),
+    and returns the new masks for the same names. Entries pruned in ``current`` must stay
+    pruned. ``generator`` (a CPU generator seeded from the stage) is the only randomness a
+    pruner may use, so masks follow the stage seed.
+    """
+
+    kind: ClassVar[str] = "pruners"
+
+    def masks(
+        self,
+        weights: "dict[str, torch.Tensor]",
+        current: "dict[str, torch.Tensor]",
+        generator: "torch.Generator",
+    ) -> "dict[str, torch.Tensor]":
+        raise NotImplementedError(f"{type(self).__name__}.masks")
+
+
 # --------------------------------------------------------------------------- analysis
 @dataclass
 class AnalysisContext:
@@ -302,5 +325,6 @@ __all__ = [
     "Normalizer",
     "Optimizer",
     "Params",
+    "Pruner",
     "Schedule",
 ]

@@ -1,0 +1,1 @@
+"""Built-in pruners (kind ``pruners``): ``magnitude`` and its ``random`` control."""
