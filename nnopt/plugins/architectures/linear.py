@@ -57,15 +57,31 @@ class DeepLinear(Architecture):
 class ScalarChainParams(Params):
     depth: int = Field(10, ge=1, description="number of scalar factors L")
     init: float = Field(1.0, description="the value every factor w_l starts from (initializers may redraw them)")
+    init_first: float | None = Field(
+        None, description="the first factor w_1 starts here instead (e.g. −1: a sign the chain can only correct by "
+        "crossing the flat region around w_1 = 0; Shamir 2019); None: like the others",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate p on the partial products w_l⋯w_1·x, l < L (0: none)")
 
 
 class _Chain(nn.Module):
-    def __init__(self, depth: int, init: float):
+    def __init__(self, depth: int, init: float, init_first: float | None = None, dropout: float = 0.0):
         super().__init__()
-        self.weights = nn.Parameter(torch.full((depth,), float(init)))
+        start = torch.full((depth,), float(init))
+        if init_first is not None:
+            start[0] = float(init_first)
+        self.weights = nn.Parameter(start)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.prod(self.weights) * x.flatten(1)
+        if self.dropout is None:  # one product: the exact function, and the fast one
+            return torch.prod(self.weights) * x.flatten(1)
+        z = x.flatten(1)
+        for l, w in enumerate(self.weights):
+            z = w * z
+            if l < len(self.weights) - 1:
+                z = self.dropout(z)
+        return z
 
 
 class ScalarChain(Architecture):
@@ -77,7 +93,11 @@ class ScalarChain(Architecture):
     flat in some directions and sharp in others. Each input coordinate is mapped to the
     output coordinate of the same index, so the data must have as many outputs as input
     features (e.g. ``synthetic`` least squares with ``dim: 1``). The factors are one
-    parameter tensor ``weights`` of shape (L,).
+    parameter tensor ``weights`` of shape (L,), all starting at ``init`` (``init_first``
+    for w_1: a start with one factor of the wrong sign, from which gradient descent must
+    cross the flat region, taking a number of steps exponential in L; Shamir 2019).
+    ``dropout: p`` zeroes each partial product w_l⋯w_1·x (l < L) with probability p in
+    training, scaling by 1/(1−p).
     """
 
     cache_version: ClassVar[int] = 1
@@ -88,4 +108,5 @@ class ScalarChain(Architecture):
         if features != output_dim:
             raise StageError(f"scalar_chain maps each of the {features} input features to one output, "
                              f"and the data have {output_dim} outputs (use data with as many outputs as inputs)")
-        return _Chain(self.params.depth, self.params.init)
+        p = self.params
+        return _Chain(p.depth, p.init, p.init_first, p.dropout)

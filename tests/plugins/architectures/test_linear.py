@@ -54,3 +54,22 @@ def test_a_deep_linear_pipeline_fits_least_squares(invoke, write_pipeline, tmp_p
 def test_a_deep_linear_network_takes_a_dropout_rate():
     model = DeepLinear(DeepLinear.Params(widths=[8], dropout=0.25)).build((4,), 3, Normalizer())
     assert isinstance(model.dropout1, torch.nn.Dropout) and model.dropout1.p == 0.25
+
+
+def test_scalar_chain_can_start_with_one_factor_of_the_wrong_sign_and_drop_partial_products():
+    from nnopt.core.kinds import Normalizer
+    from nnopt.plugins.architectures.linear import ScalarChain
+
+    chain = ScalarChain(ScalarChain.Params(depth=4, init=1.1, init_first=-1.0)).build((1,), 1, Normalizer())
+    assert chain.weights.tolist() == pytest.approx([-1.0, 1.1, 1.1, 1.1])
+    x = torch.ones(5, 1)
+    assert torch.allclose(chain(x), torch.full((5, 1), -1.331))
+    dropped = ScalarChain(ScalarChain.Params(depth=3, init=2.0, dropout=0.5)).build((1,), 1, Normalizer())
+    dropped.eval()
+    assert torch.allclose(dropped(x), torch.full((5, 1), 8.0))  # eval: the product
+    dropped.train()
+    torch.manual_seed(0)
+    outs = torch.cat([dropped(torch.ones(2000, 1))])
+    # each output is 8·(2/1)^k·[not dropped] for the two partial products: 0 or 32, mean 8
+    assert set(outs.flatten().tolist()) <= {0.0, 32.0}
+    assert abs(outs.mean().item() - 8.0) < 1.0
