@@ -189,7 +189,8 @@ class TrackRef(AnalyzerRef):  # type: ignore[misc, valid-type]
     every: int = Field(100, ge=1, strict=True, description="run the analyzer at steps s with s % every == 0")
 
 
-_WEIGHT_REF = re.compile(r"^(?P<stage>[A-Za-z0-9_-]+)(?:@(?P<step>init|\d+))?$")
+# a stage id, or a generated one with dot-separated parts (``tickets.r3``: see spec.py)
+_WEIGHT_REF = re.compile(r"^(?P<stage>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)(?:@(?P<step>init|\d+))?$")
 
 
 class WeightRef(BaseModel):

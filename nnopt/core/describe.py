@@ -136,7 +136,7 @@ def _flatten_refs(schema: dict[str, Any], registry: Registry) -> None:
     for title, definition in schema.get("$defs", {}).items():
         if title == "WeightRef":
             definition.clear()
-            definition.update({"title": title, "type": "string", "pattern": r"^[A-Za-z0-9_-]+(@(init|[0-9]+))?$",
+            definition.update({"title": title, "type": "string", "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(@(init|[0-9]+))?$",
                                "description": "STAGE, STAGE@N or STAGE@init"})
             continue
         cls = by_title.get(title)

@@ -27,9 +27,10 @@ from .model_size import ModelSizes, device_memory, human_bytes
 from .model_spec import ModelSpec
 from .overrides import expand, parse_set
 from .registry import Registry, singular
-from .spec import MAX_NAME_LENGTH, STAGE_ID_PATTERN, PipelineSpec, diagnostics_from
+from .spec import (GENERATED_STAGE_ID_PATTERN, MAX_GENERATED_ID_LENGTH, MAX_NAME_LENGTH, STAGE_ID_PATTERN, ExpandedSource,
+                   ExpansionError, PipelineSpec, diagnostics_from, shown_path)
 from .stage import Stage, StageSpec
-from .yaml_source import Path, Source, dotted, parse_yaml
+from .yaml_source import Path, Source, parse_yaml
 
 INHERITED = ("data", "model", "loss")
 
@@ -123,9 +124,14 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
     if pipeline is not None:
         for part in INHERITED:
             resolve_components(getattr(pipeline, part), (part,), source, registry, problems)
+    # blocks (a stage kind whose `expand` returns stages, e.g. `lottery`) are replaced by the
+    # stages they stand for before anything else is checked; errors inside those are located
+    # at the block keys they come from (ExpandedSource)
+    source, raw_stages = _expand_blocks({str(k): v for k, v in raw_stages.items()}, source, registry, problems)
+    generated = set(source.origins) if isinstance(source, ExpandedSource) else set()
     stage_specs: dict[str, tuple[type[Stage], StageSpec]] = {}
     for sid, raw in raw_stages.items():
-        checked = _validate_stage(str(sid), raw, source, registry, problems)
+        checked = _validate_stage(str(sid), raw, source, registry, problems, generated=sid in generated)
         if checked is not None:
             stage_specs[str(sid)] = checked
     planned: dict[str, PlannedStage] = {}
@@ -136,7 +142,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
             problem = _check_weight_ref(ref, sid, stage_specs, set(map(str, raw_stages)))
             if problem:
                 message, hint = problem
-                problems.add(Diagnostic(source.locate(path), dotted(path), message, hint))
+                problems.add(Diagnostic(source.locate(path), shown_path(source, path), message, hint))
             else:
                 weights[str(ref)] = ref
         graph[sid] = {ref.stage for ref in weights.values()}
@@ -147,7 +153,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
     except graphlib.CycleError as err:
         cycle = err.args[1]
         path = ("stages", cycle[0])
-        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stages depend on each other in a cycle: " + " -> ".join(cycle)))
+        problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path), "stages depend on each other in a cycle: " + " -> ".join(cycle)))
         return None
     if pipeline is None or len(stage_specs) != len(raw_stages) or problems:
         return None
@@ -168,7 +174,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
                 model_at[sid] = ("stages", sid, "model") if own is not None else (model_at[parent.id] if parent else ("model",))
             if part in st.cls.needs and value is None:
                 path = ("stages", sid)
-                problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path + (part,)),
+                problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path + (part,)),
                                         f"stage kind '{st.kind}' needs '{part}': give it here, in the stage it starts from, or at the top of the file"))
         st.providers = _providers_of(st, registry)
     if problems:
@@ -205,7 +211,7 @@ def _size_models(stages: list[PlannedStage], model_at: dict[str, Path], device: 
         memory = memory if memory is not None else device_memory(device)
         if memory is not None and size.bytes > memory:
             path = model_at[st.id] + ("arch",)
-            problems.add(Diagnostic(source.locate(path), dotted(path),
+            problems.add(Diagnostic(source.locate(path), shown_path(source, path),
                                     f"this model has {size.params:,} parameters: its weights alone take {human_bytes(size.bytes)}, "
                                     f"more than the {human_bytes(memory)} of memory of device {device}"))
 
@@ -221,17 +227,80 @@ def _stable_order(ids: list[str], graph: dict[str, set[str]]) -> list[str]:
     return done
 
 
-def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems):
-    path: Path = ("stages", sid)
-    if len(sid) > MAX_NAME_LENGTH:
-        message = f"a stage id is at most {MAX_NAME_LENGTH} characters; this one has {len(sid)}"
-        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), message))
+def _expand_blocks(raw_stages: dict[str, Any], source: Source, registry: Registry,
+                   problems: Problems) -> tuple[Source, dict[str, Any]]:
+    """The stages as written with every block replaced by the stages its ``Stage.expand``
+    returns, in its place, and the source that locates each generated stage's keys at the
+    block keys they come from (``Stage.origin``). A block is validated against its own
+    ``Params`` first (its errors are reported there and it expands to nothing)."""
+    out: dict[str, Any] = {}
+    origins: dict[str, tuple[Path, dict[str, Path]]] = {}
+    items = list(raw_stages.items())
+    for i, (sid, raw) in enumerate(items):
+        cls = _block_class(raw, registry)
+        if cls is None:
+            out[sid] = raw
+            continue
+        path: Path = ("stages", sid)
+        if _validate_stage(sid, raw, source, registry, problems) is None:
+            continue  # its errors are reported; expanding an invalid block would only repeat them
+        view = {**out, **dict(items[i:])}  # earlier blocks already expanded, later stages as written
+        try:
+            stages = cls.expand(sid, raw, view)
+        except ExpansionError as err:
+            where = path + err.path
+            problems.add(Diagnostic(source.locate(where), shown_path(source, where), err.message, err.suggestion))
+            continue
+        except Exception as err:  # a plugin's bug: one line, located at the block, no traceback
+            problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path),
+                                    f"stage kind '{raw['kind']}' failed to expand: {type(err).__name__}: {err}"))
+            continue
+        if stages is None:  # not a block after all: an ordinary stage
+            out[sid] = raw
+            continue
+        for gid, gen in stages.items():
+            bad = (not isinstance(gid, str) or not (gid == sid or gid.startswith(sid + ".")) or len(gid) > MAX_GENERATED_ID_LENGTH
+                   or not re.fullmatch(GENERATED_STAGE_ID_PATTERN, gid) or not isinstance(gen, dict))
+            clash = gid in out or (gid != sid and gid in raw_stages)
+            if bad or clash:
+                why = "clashes with another stage" if clash and not bad else \
+                    f"is not '{sid}' or '{sid}.PART...' with a mapping (parts of letters, digits, _ and -)"
+                problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path),
+                                        f"stage kind '{raw['kind']}' generated a stage '{gid}' that {why}"))
+                continue
+            out[gid] = gen
+            origins[gid] = (path, {str(k): tuple(cls.origin(sid, raw, gid, str(k))) for k in gen})
+    if not origins:
+        return source, out
+    return ExpandedSource(source.data, source.name, source.keys, source.values, origins), out
+
+
+def _block_class(raw: Any, registry: Registry) -> type[Stage] | None:
+    """The stage class of ``raw`` if its kind overrides ``Stage.expand`` (a block), else None;
+    a kind that does not load is reported when the stage is validated."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
         return None
-    if not re.fullmatch(STAGE_ID_PATTERN, sid):
-        problems.add(Diagnostic(source.locate(path, at_key=True), dotted(path), "stage ids may use letters, digits, _ and - only"))
+    try:
+        cls, _ = registry.load("stages", raw["kind"])
+    except PluginError:
+        return None
+    own = getattr(getattr(cls, "expand", None), "__func__", None)
+    return cls if isinstance(cls, type) and issubclass(cls, Stage) and own is not Stage.expand.__func__ else None
+
+
+def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, problems: Problems, generated: bool = False):
+    path: Path = ("stages", sid)
+    # generated ids (a block's stages) were checked by _expand_blocks: they may have dots
+    if not generated and len(sid) > MAX_NAME_LENGTH:
+        message = f"a stage id is at most {MAX_NAME_LENGTH} characters; this one has {len(sid)}"
+        problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path), message))
+        return None
+    if not re.fullmatch(GENERATED_STAGE_ID_PATTERN if generated else STAGE_ID_PATTERN, sid):
+        problems.add(Diagnostic(source.locate(path, at_key=True), shown_path(source, path),
+                                "stage ids may use letters, digits, _ and - only"))
         return None
     if not isinstance(raw, dict):
-        problems.add(Diagnostic(source.locate(path), dotted(path), "expected a mapping with 'kind: <stage kind>'"))
+        problems.add(Diagnostic(source.locate(path), shown_path(source, path), "expected a mapping with 'kind: <stage kind>'"))
         return None
     kind = raw.get("kind")
     if not isinstance(kind, str):
@@ -239,15 +308,15 @@ def _validate_stage(sid: str, raw: Any, source: Source, registry: Registry, prob
         typo = next((k for k in raw if did_you_mean(str(k), ["kind"])), None)
         if typo is not None:
             where, message = source.locate(path + (typo,), at_key=True), f"unknown key '{typo}'; a stage needs 'kind: <stage kind>' ({names})"
-            problems.add(Diagnostic(where, dotted(path + (typo,)), message, "kind"))
+            problems.add(Diagnostic(where, shown_path(source, path + (typo,)), message, "kind"))
         else:
-            problems.add(Diagnostic(source.locate(path), dotted(path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
+            problems.add(Diagnostic(source.locate(path), shown_path(source, path + ("kind",)), f"missing 'kind'; expected one of: {names}"))
         return None
     try:
         cls, _ = registry.load("stages", kind)
     except PluginError as err:
         message = err.message.replace("unknown stage ", "unknown stage kind ")
-        problems.add(Diagnostic(source.locate(path + ("kind",)), dotted(path + ("kind",)), message, err.suggestion))
+        problems.add(Diagnostic(source.locate(path + ("kind",)), shown_path(source, path + ("kind",)), message, err.suggestion))
         return None
     try:
         spec = cls.Params.model_validate(raw)
@@ -283,14 +352,15 @@ def resolve_components(obj: Any, path: Path, source: Source, registry: Registry,
 
 
 def _resolve_ref(ref: ComponentRef, path: Path, source: Source, registry: Registry, problems: Problems) -> None:
-    name_path = path + ("name",) if (path + ("name",)) in source.values else path
+    written = source.origin(path + ("name",)) if isinstance(source, ExpandedSource) else path + ("name",)
+    name_path = path + ("name",) if written in source.values else path
     try:
         cls, entry = registry.load(ref.kind, ref.name)
     except PluginError as err:
-        problems.add(Diagnostic(source.locate(name_path), dotted(path), err.message, err.suggestion))
+        problems.add(Diagnostic(source.locate(name_path), shown_path(source, path), err.message, err.suggestion))
         return
     if not issubclass(cls.Params, BaseModel):
-        problems.add(Diagnostic(source.locate(path), dotted(path), f"{singular(ref.kind)} '{ref.name}' has no pydantic Params"))
+        problems.add(Diagnostic(source.locate(path), shown_path(source, path), f"{singular(ref.kind)} '{ref.name}' has no pydantic Params"))
         return
     try:
         params = cls.Params.model_validate(ref.params)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .component import DatasetRef, LossRef
-from .errors import Diagnostic, did_you_mean
+from .errors import Diagnostic, Location, did_you_mean
 from .model_spec import ModelSpec
 from .yaml_source import Path, Source, dotted
 
@@ -17,6 +17,50 @@ from .yaml_source import Path, Source, dotted
 MAX_NAME_LENGTH = 64
 NAME_PATTERN = rf"^[a-z0-9_-]{{1,{MAX_NAME_LENGTH}}}$"
 STAGE_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_NAME_LENGTH}}}$"
+#: ids of the stages a block stands for (``Stage.expand``): the block's id, then dot-separated
+#: parts (``tickets.r3.reinit``). Only generated ids have dots, so they never clash with a
+#: stage written in the file, and a weight reference can name them (``tickets.r3@0``)
+GENERATED_STAGE_ID_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+#: the longest generated id (a block id of at most MAX_NAME_LENGTH, plus what the block adds)
+MAX_GENERATED_ID_LENGTH = 255
+
+
+class ExpansionError(ValueError):
+    """Raised by a block's ``Stage.expand`` for a problem only the expansion can see (the stage
+    its ``from`` names is missing or of the wrong kind, ...). ``path`` is where in the block
+    (``("from",)``) the problem is written; the planner reports it there, located."""
+
+    def __init__(self, message: str, path: tuple = (), suggestion: str | None = None):
+        super().__init__(message)
+        self.message, self.path, self.suggestion = message, tuple(path), suggestion
+
+
+@dataclass
+class ExpandedSource(Source):
+    """A pipeline's ``Source`` once its blocks are expanded: every path inside a generated
+    stage is located (and named in messages) at the block key it came from, so an error in,
+    say, ``stages.tickets.r3.rewind.to`` reads ``stages.tickets.rewind_to`` at that line.
+    ``origins`` maps a generated stage id to ``(block path, {top-level key: absolute path})``."""
+
+    origins: dict[str, tuple[Path, dict[str, Path]]] = field(default_factory=dict)
+
+    def origin(self, path: Path) -> Path:
+        path = tuple(path)
+        if len(path) >= 2 and path[0] == "stages" and path[1] in self.origins:
+            block, keys = self.origins[path[1]]
+            if len(path) == 2:
+                return block
+            return tuple(keys.get(path[2], block)) + path[3:]
+        return path
+
+    def locate(self, path: Path, at_key: bool = False) -> Location:
+        return super().locate(self.origin(path), at_key)
+
+
+def shown_path(source: Source, path: Path) -> str:
+    """The dotted path a diagnostic names: the path as written, for a generated stage the
+    block key it came from (``ExpandedSource``)."""
+    return dotted(source.origin(path) if isinstance(source, ExpandedSource) else path)
 
 
 class PipelineSpec(BaseModel):
@@ -86,11 +130,15 @@ def diagnostics_from(err: ValidationError, source: Source, prefix: Path = (), mo
                 allowed = sorted(set(allowed) | set(also_allowed))
             key = loc[-1]
             expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-            out.append(Diagnostic(source.locate(loc, at_key=True), dotted(loc), f"unknown key '{key}'{expected}", did_you_mean(key, allowed)))
+            out.append(Diagnostic(source.locate(loc, at_key=True), shown_path(source, loc), f"unknown key '{key}'{expected}",
+                                  did_you_mean(key, allowed)))
         elif kind == "missing":
-            out.append(Diagnostic(source.locate(loc[:-1]), dotted(loc), f"missing required key '{loc[-1]}'"))
+            out.append(Diagnostic(source.locate(loc[:-1]), shown_path(source, loc), f"missing required key '{loc[-1]}'"))
         else:
-            out.append(Diagnostic(source.locate(loc), dotted(loc), _wording(e)))
+            # a validator may name the likely intended value (a PydanticCustomError whose
+            # context has "suggestion"): it becomes the diagnostic's "did you mean"
+            suggestion = (e.get("ctx") or {}).get("suggestion")
+            out.append(Diagnostic(source.locate(loc), shown_path(source, loc), _wording(e), suggestion))
     return out
 
 

@@ -70,6 +70,28 @@ class Stage(Component):
         """Steps N whose weights this stage keeps, so that ``STAGE@N`` may refer to them."""
         return set()
 
+    @classmethod
+    def expand(cls, stage_id: str, raw_spec: dict[str, Any], all_stages: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+        """A *block* kind returns the stages it stands for; any other kind returns None.
+
+        Called by the planner before stages are validated, with the block's mapping as written
+        (``raw_spec``, already valid against ``Params``: components not yet resolved) and every
+        stage of the pipeline as written (``all_stages``: id -> mapping; blocks earlier in the
+        file already expanded). Returns ``{generated id: raw stage mapping}`` in run order; the
+        block is replaced by them, and they are validated, keyed and cached like written
+        stages. Generated ids are ``stage_id`` itself or ``stage_id.PART[.PART...]`` (parts of
+        ``[A-Za-z0-9_-]``; only generated ids have dots). Raise ``spec.ExpansionError`` for a
+        problem only the expansion can see: it is reported located in the block.
+        """
+        return None
+
+    @classmethod
+    def origin(cls, stage_id: str, raw_spec: dict[str, Any], generated_id: str, key: str) -> tuple[Any, ...]:
+        """Where, as an absolute YAML path, the top-level ``key`` of the generated stage
+        ``generated_id`` comes from: errors in it are located and named there. Default: the
+        block's own key of that name when the block writes it, else the block itself."""
+        return ("stages", stage_id, key) if key in raw_spec else ("stages", stage_id)
+
     def run(self, ctx: "StageContext") -> StageOutcome:
         raise NotImplementedError(f"{type(self).__name__}.run")
 
@@ -93,6 +115,11 @@ class ResolvedWeights:
     #: the referenced stage's masks file (``MASKS_FILE`` in its directory; it may not exist:
     #: a dense stage has none)
     masks: Path | None = None
+
+    @property
+    def stage_dir(self) -> Path:
+        """The referenced stage's directory (weights are ``weights/<file>`` in it, SPEC §5)."""
+        return self.path.parent.parent
 
 
 class StageContext:
@@ -184,6 +211,20 @@ class StageContext:
             detail = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
             raise StageError(f"the weights of '{ref}' do not fit the model of stage '{self.stage_id}' ({detail})") from None
         return model
+
+    def stage_result(self, ref: WeightRef | str) -> dict[str, Any]:
+        """The ``result.json`` (``status``, ``metrics``, ``results``, ...) of the stage a
+        declared weight reference names: a stage summarizing others (``lottery_report``)
+        declares them as weight references, so they are its dependencies and in its key."""
+        return json.loads((self._resolve(ref).stage_dir / "result.json").read_text(encoding="utf-8"))
+
+    def stage_metrics(self, ref: WeightRef | str) -> list[dict[str, Any]]:
+        """The ``metrics.jsonl`` records (one dict per logged line) of the stage a declared
+        weight reference names; ``[]`` when it logged none."""
+        path = self._resolve(ref).stage_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _resolve(self, ref: WeightRef | str) -> ResolvedWeights:
         key = str(ref)
