@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
+#: the folders whose NAME.yaml + NAME.py pairs are claims: the survey's, and the lottery
+#: ticket reproductions (their claim files import this module the same way)
+FOLDERS = (HERE, HERE.parent / "lottery")
 # Claim files import this module as `claims`; run as a script it is `__main__`, and must be
 # that same module, or a claim's Claim would be another class than the one checked here.
 sys.modules.setdefault("claims", sys.modules[__name__])
@@ -49,10 +52,11 @@ class Claim:
     claim: str
     source: str
     check: Callable[[dict[str, Any]], Finding]
+    folder: Path = HERE
 
     @property
     def pipeline(self) -> Path:
-        return HERE / f"{self.name}.yaml"
+        return self.folder / f"{self.name}.yaml"
 
     def run(self, store: str | Path) -> Finding:
         import nnopt
@@ -61,24 +65,27 @@ class Claim:
         return self.check(result)
 
 
-def claims() -> list[Claim]:
-    """Every claim defined in this folder, in file-name order."""
+def claims(folders: tuple[Path, ...] = FOLDERS) -> list[Claim]:
+    """Every claim defined in ``folders``, in file-name order within each."""
+    from dataclasses import replace
+
     found = []
-    for path in sorted(HERE.glob("*.py")):
-        if path.name == Path(__file__).name or path.name.startswith("_"):
-            continue
-        name = f"nnopt_survey_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
-        sys.modules[name] = module  # dataclasses (and pickling, typing) look modules up by name
-        spec.loader.exec_module(module)
-        claim = getattr(module, "CLAIM", None)
-        if not isinstance(claim, Claim):
-            raise TypeError(f"{path} defines no CLAIM = Claim(...)")
-        if claim.name != path.stem:
-            raise ValueError(f"{path}: CLAIM.name is {claim.name!r}, the file says {path.stem!r}")
-        found.append(claim)
+    for folder in folders:
+        for path in sorted(folder.glob("*.py")):
+            if path.resolve() == Path(__file__).resolve() or path.name.startswith("_"):
+                continue
+            name = f"nnopt_claims_{folder.name}_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            assert spec.loader is not None
+            sys.modules[name] = module  # dataclasses (and pickling, typing) look modules up by name
+            spec.loader.exec_module(module)
+            claim = getattr(module, "CLAIM", None)
+            if not isinstance(claim, Claim):
+                raise TypeError(f"{path} defines no CLAIM = Claim(...)")
+            if claim.name != path.stem:
+                raise ValueError(f"{path}: CLAIM.name is {claim.name!r}, the file says {path.stem!r}")
+            found.append(replace(claim, folder=folder))
     return found
 
 
@@ -94,7 +101,7 @@ def table(rows: list[tuple[Claim, Finding]]) -> str:
         "|---|---|---|---|---|",
     ]
     for claim, finding in rows:
-        cells = [f"`pipelines/survey/{claim.name}.yaml`", claim.claim, claim.source, finding.measured,
+        cells = [f"`pipelines/{claim.folder.name}/{claim.name}.yaml`", claim.claim, claim.source, finding.measured,
                  "yes" if finding.holds else "**no**"]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
