@@ -53,10 +53,12 @@ class Claim:
     source: str
     check: Callable[[dict[str, Any]], Finding]
     folder: Path = HERE
+    #: another claim's pipeline this one reads (two findings of one run), else its own
+    uses: str | None = None
 
     @property
     def pipeline(self) -> Path:
-        return self.folder / f"{self.name}.yaml"
+        return self.folder / f"{self.uses or self.name}.yaml"
 
     def run(self, store: str | Path) -> Finding:
         import nnopt

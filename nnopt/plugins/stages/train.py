@@ -15,8 +15,10 @@ from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
 from ._common import draw_plots, evaluate, seed_everything
 from .param_groups import ParamGroup, build_param_groups, check_group_options
-from .train_callbacks import (Autocast, EarlyStop, EarlyStopOnTrainLoss, GradClip, GradClipValue, GradScaling,
-                              KeepWeights, MicroBatchStep, Progress, Project, TrackAnalyzers)
+from .sparsity import apply_masks, check_masks_fit, sparsity_report
+from .train_callbacks import (ApplyMasks, Autocast, EarlyStop, EarlyStopOnTrainLoss, GradClip, GradClipValue,
+                              GradScaling, KeepWeights, MaskGradients, MicroBatchStep, Progress, Project,
+                              TrackAnalyzers)
 
 
 class Box(Params):
@@ -183,13 +185,29 @@ class Train(Stage):
     weights are the last ones, or with ``restore_best`` those of the best evaluation (whose
     test metrics are then reported).
 
+    Masked training (a sparse sub-network, Frankle & Carbin 2019, "The lottery ticket
+    hypothesis"): when ``from`` names a stage that saved masks (``prune``, ``rewind``, or a
+    masked ``train``), θ is trained as θ ⊙ m with m ∈ {0, 1} fixed: the loaded weights are
+    masked before anything else, every gradient is masked as soon as it is computed
+    (``MaskGradients``: before clipping, so no optimizer statistic sees a pruned entry), and
+    after every update the weights are multiplied by m again (``ApplyMasks``), so weight decay,
+    decoupled decay, preconditioners and averages cannot revive a pruned weight. Per-entry
+    optimizer state (momentum buffers, Adam's moments, schedule-free's z) stays exactly zero
+    where pruned: multiplied by m after every step too, except for the optimizers whose update
+    is elementwise, where it provably stays zero by itself (``ApplyMasks``'s docstring). The
+    weights reported (evaluations, kept steps, final: schedule-free's x) are masked once more
+    after the optimizer's swap. Every saved artifact is exactly zero where m is 0. The stage saves the
+    same ``masks.safetensors`` so a chain (train → prune → rewind → train ...) continues, and
+    its results get ``sparsity`` (per layer and total: weights, remaining, fraction). A dense
+    ``from`` trains as before and writes no masks.
+
     Tracked analyzers see the live model in eval mode (so they neither update normalization
     statistics nor draw dropout masks) inside a forked RNG: tracking never changes the
     training trajectory. The same spec and seed give bitwise-identical weights on CPU.
     """
 
     Params: ClassVar[type[TrainSpec]] = TrainSpec
-    cache_version: ClassVar[int] = 2
+    cache_version: ClassVar[int] = 3  # 3: masked training from a stage with masks
     needs: ClassVar[frozenset[str]] = frozenset({"data", "model", "loss"})
     provides_weights: ClassVar[bool] = True
 
@@ -259,6 +277,7 @@ class Train(Stage):
         seed_everything(ctx.seed)
         data = ctx.load_data()
         model = ctx.load_model(spec.from_) if spec.from_ is not None else ctx.build_model()
+        masks = self._load_masks(ctx, model) if spec.from_ is not None else None
         model.train()
         loss_fn = ctx.loss_fn()
         classification = data.task == "classification"
@@ -298,6 +317,9 @@ class Train(Stage):
         eval_batch = max(batch_size, 1024)
         callbacks = [*self.callbacks(ctx, model, loss_fn, device),
                      *opt_component.callbacks(optimizer, model), *schedule_component.callbacks(schedule)]
+        if masks is not None:  # gradients masked before any other hook, weights after every other one
+            grad_masks, weight_masks = self._mask_callbacks(model, masks, optimizer)
+            callbacks = [grad_masks, *callbacks, weight_masks]
         scaler = next((cb.scaler for cb in callbacks if isinstance(cb, GradScaling)), None)
         if micro < batch_size or scaler is not None:
             step_rule = MicroBatchStep(micro, scaler)
@@ -306,6 +328,8 @@ class Train(Stage):
         if spec.compile:
             model.compile()  # in place: the state_dict keeps its keys, so weights and checkpoints are unchanged
         training = self._training_block(optimizer, device, batch_size, micro, notes)
+        training["masked"] = masks is not None
+        sparsity = {"sparsity": sparsity_report(masks)} if masks is not None else {}
 
         with ctx.progress(total, f"train {ctx.stage_id}") as bar:
             loop = TrainLoop(
@@ -319,9 +343,11 @@ class Train(Stage):
                 loop.load_state_dict(state)
             loop.checkpoint_due = CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, loop.step)
             result = self._run_loop(loop)
+        if masks is not None:  # the same masks: the next stage of a chain (prune, rewind, train) reads them here
+            ctx.save_masks(masks)
         tracks = next((cb.tracks for cb in callbacks if isinstance(cb, TrackAnalyzers)), [])
         if result.status == "diverged":
-            return self._diverged(ctx, loop, result, tracks, training)
+            return self._diverged(ctx, loop, result, tracks, training, sparsity)
         stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStop)), None)
         trained = loop.step
         if trained < total:  # stopped early: later kept steps hold the weights training stopped at
@@ -338,7 +364,7 @@ class Train(Stage):
             train = evaluate(model, loss_fn, data.x_train, data.y_train, classification, eval_batch)
             if not math.isfinite(train["loss"]):
                 return self._diverged(ctx, loop, LoopResult("diverged", trained, result.seconds, trained, train["loss"],
-                                                            loop.last_finite), tracks, training)
+                                                            loop.last_finite), tracks, training, sparsity)
             ctx.save_weights(model.state_dict(), step=None)
         self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
 
@@ -355,7 +381,50 @@ class Train(Stage):
                             f"best_{stopper.metric}": stopper.best})
             training["early_stop"] = {"stopped_at": stopper.stopped_at, "best_step": stopper.best_step,
                                       "restored_best": bool(stopper.restore_best and stopper.best_state is not None)}
-        return StageOutcome(metrics=metrics, results={"training": training}, message="; ".join(notes) or None)
+        return StageOutcome(metrics=metrics, results={"training": training, **sparsity},
+                            message="; ".join(notes) or None)
+
+    def _load_masks(self, ctx: StageContext, model: Any) -> dict[str, Any] | None:
+        """``from``'s masks (None for a dense ``from``), checked against the model, with the
+        model's weights masked in place (before the optimizer sees them: its state starts from
+        masked weights, schedule-free's z included)."""
+        import torch
+
+        masks = ctx.load_masks(self.params.from_)
+        if masks is None:
+            return None
+        where = f"'{self.params.from_}'"
+        state = model.state_dict(keep_vars=True)
+        check_masks_fit(masks, state, where)
+        params = dict(model.named_parameters())
+        for name, mask in masks.items():
+            if name not in params:
+                raise StageError(f"the masks of {where} name '{name}', which is a buffer of the model, not a trained "
+                                 "parameter; only parameters can be pruned")
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise StageError(f"the mask '{name}' of {where} holds values other than 0 and 1")
+        with torch.no_grad():  # θ ⊙ m: a masked `from` loads bitwise unchanged (the sign of its zeros too)
+            for name, mask in masks.items():
+                tensor = state[name]
+                if bool(torch.isfinite(tensor).all()):
+                    tensor.mul_(mask.to(dtype=tensor.dtype))
+                else:  # inf · 0 is nan: an exact zero where pruned whatever the pruned weight was
+                    apply_masks(model, {name: mask})
+        return masks
+
+    @staticmethod
+    def _mask_callbacks(model: Any, masks: dict[str, Any], optimizer: Any) -> tuple[MaskGradients, ApplyMasks]:
+        """The two masking callbacks, with each mask as a 0/1 tensor of its weight's dtype,
+        device and memory layout (a multiply by it is one cheap kernel: see the numbers in
+        ``train_callbacks``)."""
+        import torch
+
+        params = dict(model.named_parameters())
+        tensors = [params[name] for name in masks]
+        factors = [torch.empty_like(p.detach()).copy_(masks[name]) for name, p in zip(masks, tensors)]
+        trained = [(p, m) for p, m in zip(tensors, factors) if p.requires_grad]
+        grads = MaskGradients([p for p, _ in trained], [m for _, m in trained])
+        return grads, ApplyMasks(tensors, factors, optimizer)
 
     def _run_loop(self, loop: TrainLoop) -> LoopResult:
         if not self.params.compile:
@@ -394,7 +463,7 @@ class Train(Stage):
         }
 
     def _diverged(self, ctx: StageContext, loop: TrainLoop, result: LoopResult, tracks: list,
-                  training: dict[str, Any]) -> StageOutcome:
+                  training: dict[str, Any], extra: dict[str, Any] | None = None) -> StageOutcome:
         at, per_epoch = result.diverged_at, loop.per_epoch
         ctx.log_metrics({"step": at, "epoch": at / per_epoch, "loss": result.value, "diverged": True})
         self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
@@ -402,7 +471,7 @@ class Train(Stage):
             status="diverged",
             metrics={"diverged_at_step": at, "last_finite_loss": result.last_finite, "steps": at,
                      "epochs": at / per_epoch, "seconds": result.seconds},
-            results={"training": training},
+            results={"training": training, **(extra or {})},
             message=f"training loss became {result.value} at step {at} (last finite loss: {result.last_finite})",
         )
 
