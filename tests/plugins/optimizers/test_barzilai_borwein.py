@@ -11,6 +11,8 @@ from nnopt.core.loop import TrainLoop
 from nnopt.plugins.optimizers.barzilai_borwein import BarzilaiBorwein, BarzilaiBorweinOptimizer
 from nnopt.plugins.optimizers.full_batch import FullBatchStep
 
+from loop_helpers import LoopCtx as Ctx
+
 CPU = torch.device("cpu")
 SPECTRUM = torch.logspace(0, -3, 12, dtype=torch.float64)  # F(θ) = ½ Σ_i a_i θ_i², κ = 1000
 THETA0 = torch.linspace(1.0, -1.0, 12, dtype=torch.float64)
@@ -104,17 +106,6 @@ def test_sgd_bb_sets_the_step_once_per_epoch_from_the_epoch_iterates_and_average
     assert etas[2 * m] != lr0
 
 
-class Ctx:
-    def __init__(self):
-        self.seed, self.saved = 0, None
-
-    def log_metrics(self, record):
-        pass
-
-    def save_checkpoint(self, state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.saved = buf.getvalue()
 
 
 def data():

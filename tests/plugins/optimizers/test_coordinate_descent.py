@@ -10,21 +10,12 @@ from nnopt.core.kinds import DataSplit
 from nnopt.core.loop import LoopCallback, TrainLoop
 from nnopt.plugins.optimizers.coordinate_descent import CoordinateDescent, CoordinateDescentOptimizer
 
+from loop_helpers import LoopCtx as Ctx
+
 CPU = torch.device("cpu")
 N = 20
 
 
-class Ctx:
-    def __init__(self, seed=0):
-        self.seed, self.saved = seed, None
-
-    def log_metrics(self, record):
-        pass
-
-    def save_checkpoint(self, state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.saved = buf.getvalue()
 
 
 def data():

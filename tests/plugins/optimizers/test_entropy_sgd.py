@@ -11,6 +11,8 @@ from nnopt.core.kinds import DataSplit
 from nnopt.core.loop import TrainLoop
 from nnopt.plugins.optimizers.entropy_sgd import EntropySGD, EntropySGDOptimizer
 
+from loop_helpers import LoopCtx as Ctx
+
 CPU = torch.device("cpu")
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)  # f(w) = ½ wᵀAw − bᵀw
 B = torch.tensor([1.0, -1.0], dtype=torch.float64)
@@ -90,17 +92,6 @@ def test_large_gamma_approaches_the_sgd_step():
     assert errors[2] < 1e-2 * float(torch.linalg.norm(sgd - W0))
 
 
-class Ctx:
-    def __init__(self, seed=0):
-        self.seed, self.saved = seed, None
-
-    def log_metrics(self, record):
-        pass
-
-    def save_checkpoint(self, state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.saved = buf.getvalue()
 
 
 def data():

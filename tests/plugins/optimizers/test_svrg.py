@@ -11,22 +11,11 @@ from nnopt.core.loop import LoopCallback, TrainLoop
 from nnopt.plugins.optimizers.sgd import SGD
 from nnopt.plugins.optimizers.svrg import SVRG
 
+from loop_helpers import LoopCtx as Ctx
+
 N, D, BATCH = 32, 3, 4
 
 
-class Ctx:
-    """What the loop uses of a StageContext: the seed, metrics, checkpoints (saved as bytes)."""
-
-    def __init__(self, seed=0):
-        self.seed, self.saved = seed, None
-
-    def log_metrics(self, record):
-        pass
-
-    def save_checkpoint(self, state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.saved = buf.getvalue()
 
 
 def problem(noise=0.5):
