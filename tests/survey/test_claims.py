@@ -21,8 +21,14 @@ def test_every_claim_pipeline_has_its_check_and_every_check_its_pipeline():
     assert all(c.pipeline.is_file() for c in CLAIMS)
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for every claim: two findings of one pipeline (``uses``) run it once."""
+    return tmp_path_factory.mktemp("claims") / "store"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
-def test_the_claim_holds(claim, tmp_path):
-    finding = claim.run(tmp_path / "store")
+def test_the_claim_holds(claim, store):
+    finding = claim.run(store)
     assert finding.holds, f"{claim.claim} — measured: {finding.measured}"
