@@ -20,3 +20,19 @@ class LoopCtx:
         buf = io.BytesIO()
         torch.save(state, buf)
         self.saved = buf.getvalue()
+
+
+class RecordingCtx:
+    """A loop context that keeps every metrics line and a deep copy of every checkpoint (as on
+    disk: not the live tensors), for tests that read them back."""
+
+    def __init__(self):
+        self.lines, self.checkpoints = [], []
+
+    def log_metrics(self, record):
+        self.lines.append(record)
+
+    def save_checkpoint(self, state):
+        import copy
+
+        self.checkpoints.append(copy.deepcopy(state))

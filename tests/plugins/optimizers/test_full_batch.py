@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -13,19 +12,10 @@ from nnopt.core.kinds import DataSplit
 from nnopt.core.loop import TrainLoop
 from nnopt.plugins.optimizers.full_batch import GD
 
+from loop_helpers import RecordingCtx as _Ctx
+
 CPU = torch.device("cpu")
 D = torch.float64
-
-
-class _Ctx:
-    def __init__(self):
-        self.lines, self.checkpoints = [], []
-
-    def log_metrics(self, record):
-        self.lines.append(record)
-
-    def save_checkpoint(self, state):
-        self.checkpoints.append(copy.deepcopy(state))
 
 
 def _data(n=37, dim=3):

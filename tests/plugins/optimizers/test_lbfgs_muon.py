@@ -15,19 +15,10 @@ from nnopt.core.loop import TrainLoop
 from nnopt.plugins.optimizers.lbfgs import LBFGS
 from nnopt.plugins.optimizers.muon import Muon, MuonWithFallback
 
+from loop_helpers import RecordingCtx as _Ctx
+
 CPU = torch.device("cpu")
 D = torch.float64
-
-
-class _Ctx:
-    def __init__(self):
-        self.lines, self.checkpoints = [], []
-
-    def log_metrics(self, record):
-        self.lines.append(record)
-
-    def save_checkpoint(self, state):
-        self.checkpoints.append(copy.deepcopy(state))
 
 
 def _regression(n=40, scales=(1.0, 3.0, 0.3, 10.0)):
