@@ -185,32 +185,11 @@ def test_nadam(decoupled):
     close(run(adaptive.NAdam(p))[0], w)
 
 
-@pytest.mark.parametrize("b2", [0.999, 0.5])
-def test_radam_rectification(b2):
-    # the first steps are not rectified: β2 = 0.999 gives ρ_t ≤ 5 for t ≤ 3, and β2 = 0.5 has
-    # ρ_∞ = 3 < 5, so it never is; the update is then the un-adapted m̂ (momentum SGD)
-    lr, b1, eps = 0.05, 0.9, 1e-8
-    w, m, v = W0.clone(), torch.zeros(2, dtype=D), torch.zeros(2, dtype=D)
-    rho_inf = 2 / (1 - b2) - 1
-    branches = []
-    for t in range(1, STEPS + 1):
-        g = grad(w)
-        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-        m_hat = m / (1 - b1**t)
-        rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
-        if rho_t > 5:
-            r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            w = w - lr * m_hat * r * math.sqrt(1 - b2**t) / (v.sqrt() + eps)
-        else:
-            w = w - lr * m_hat
-        branches.append(rho_t > 5)
-    assert not any(branches)
-    close(run(adaptive.RAdam(adaptive.RAdam.Params(lr=lr, betas=[b1, b2], eps=eps)))[0], w)
 
 
-def test_radam_rectified_steps_after_the_warmup():
-    # with β2 = 0.9, ρ_∞ = 19 and ρ_t > 5 from t = 6: run 8 steps so both branches are used
-    lr, b1, b2, eps, steps = 0.05, 0.9, 0.9, 1e-8, 8
+def radam_by_hand(lr, b1, b2, eps, steps):
+    """RAdam (Liu et al. 2020) on the test quadratic, written out: the weights after ``steps``
+    steps and, per step, whether the variance rectification was used (ρ_t > 5)."""
     w, m, v = W0.clone(), torch.zeros(2, dtype=D), torch.zeros(2, dtype=D)
     rho_inf, rectified = 2 / (1 - b2) - 1, []
     for t in range(1, steps + 1):
@@ -224,6 +203,23 @@ def test_radam_rectified_steps_after_the_warmup():
         else:
             w = w - lr * m_hat
         rectified.append(rho_t > 5)
+    return w, rectified
+
+
+@pytest.mark.parametrize("b2", [0.999, 0.5])
+def test_radam_rectification(b2):
+    # the first steps are not rectified: β2 = 0.999 gives ρ_t ≤ 5 for t ≤ 3, and β2 = 0.5 has
+    # ρ_∞ = 3 < 5, so it never is; the update is then the un-adapted m̂ (momentum SGD)
+    lr, b1, eps = 0.05, 0.9, 1e-8
+    w, branches = radam_by_hand(lr, b1, b2, eps, STEPS)
+    assert not any(branches)
+    close(run(adaptive.RAdam(adaptive.RAdam.Params(lr=lr, betas=[b1, b2], eps=eps)))[0], w)
+
+
+def test_radam_rectified_steps_after_the_warmup():
+    # with β2 = 0.9, ρ_∞ = 19 and ρ_t > 5 from t = 6: run 8 steps so both branches are used
+    lr, b1, b2, eps, steps = 0.05, 0.9, 0.9, 1e-8, 8
+    w, rectified = radam_by_hand(lr, b1, b2, eps, steps)
     assert any(rectified) and not all(rectified)
     close(run(adaptive.RAdam(adaptive.RAdam.Params(lr=lr, betas=[b1, b2], eps=eps)), steps=steps)[0], w)
 
