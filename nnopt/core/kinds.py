@@ -292,6 +292,12 @@ class AnalysisContext:
     step: int | None = None
     batch: "tuple[torch.Tensor, torch.Tensor] | None" = None
     load_model: Callable[[Any], "nn.Module"] | None = None
+    # The learning rate of the first parameter group at ``step`` while tracking (curvature
+    # analyzers compare the sharpness with 2/η), else None.
+    lr: float | None = None
+    # The ``model:`` spec the model was built from (a ``ModelSpec``), where the stage has one:
+    # analytic infinite-width kernels derive the architecture from it.
+    model_spec: Any = None
 
 
 class Analyzer(Component):
@@ -311,6 +317,41 @@ class Analyzer(Component):
         return []
 
 
+# --------------------------------------------------------------------------- kernels
+@dataclass
+class KernelSource:
+    """What a kernel is computed from: the finite network, its spec, and the arithmetic.
+
+    ``model`` is the network whose empirical kernel is wanted (None where only the spec is
+    known); ``model_spec`` is the ``model:`` spec it was built from (a ``ModelSpec``; analytic
+    kernels read the architecture, its widths and activation, and the initializer from it);
+    ``dtype`` is the floating type to compute in (``torch.float64`` on request: kernel
+    matrices are ill-conditioned in float32).
+    """
+
+    model: "nn.Module | None"
+    model_spec: Any
+    device: "torch.device"
+    dtype: "torch.dtype"
+
+
+class Kernel(Component):
+    """Kind ``kernels``: a positive semi-definite kernel k(x, x') on network inputs.
+
+    ``compute(x1, x2, source)`` returns named kernel matrices of shape ``(n1, n2)`` (or
+    ``(n1, n2, O, O)`` for a full kernel over O outputs, or ``(n1,)`` for a diagonal), as a
+    dict: an empirical NTK returns ``{"ntk": Θ}``, an analytic one ``{"ntk": Θ, "nngp": K}``.
+    ``x2=None`` means x2 = x1 (the symmetric case, which implementations may exploit).
+    """
+
+    kind: ClassVar[str] = "kernels"
+
+    def compute(
+        self, x1: "torch.Tensor", x2: "torch.Tensor | None", source: KernelSource
+    ) -> "dict[str, torch.Tensor]":
+        raise NotImplementedError(f"{type(self).__name__}.compute")
+
+
 __all__ = [
     "Activation",
     "AnalysisContext",
@@ -320,6 +361,8 @@ __all__ = [
     "Dataset",
     "DatasetParams",
     "Initializer",
+    "Kernel",
+    "KernelSource",
     "Loss",
     "NoParams",
     "Normalizer",

@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 #: the folders whose NAME.yaml + NAME.py pairs are claims: the survey's, and the lottery
-#: ticket reproductions (their claim files import this module the same way)
-FOLDERS = (HERE, HERE.parent / "lottery")
+#: ticket, landscape and infinite-width reproductions (their claim files import this module
+#: the same way)
+FOLDERS = (HERE, HERE.parent / "lottery", HERE.parent / "landscape", HERE.parent / "ntk")
 # Claim files import this module as `claims`; run as a script it is `__main__`, and must be
 # that same module, or a claim's Claim would be another class than the one checked here.
 sys.modules.setdefault("claims", sys.modules[__name__])

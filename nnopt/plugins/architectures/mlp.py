@@ -6,11 +6,13 @@ import math
 from collections import OrderedDict
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from nnopt.core.component import Params, ref_type
 from nnopt.core.kinds import Activation, Architecture, Normalizer
+
+from .parameterization import NTKLinear, standard_gaussian_
 
 
 class MLPParams(Params):
@@ -28,6 +30,26 @@ class MLPParams(Params):
     )
     last_activation: bool = Field(False, description="apply φ to the output layer too (f = φ(W^L z^{L−1} + b^L))")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate p after each hidden activation (0: none)")
+    parameterization: Literal["standard", "ntk"] = Field(
+        "standard", description="`standard`: z = W x + b (PyTorch's layers); `ntk`: z = (W_std/√n) W x + b_std b with "
+        "W, b ~ N(0, 1) (Jacot et al. 2018; neural-tangents' `parameterization='ntk'`)"
+    )
+    W_std: float | None = Field(
+        None, gt=0.0, description="σ_w: weight standard deviation × √fan-in. `ntk`: the layer's scale (default 1); "
+        "`standard`: draw W ~ N(0, σ_w²/n) instead of PyTorch's default init (None: keep the default)"
+    )
+    b_std: float | None = Field(
+        None, ge=0.0, description="σ_b: bias standard deviation. `ntk`: the bias scale (default 0); `standard` with "
+        "W_std: b ~ N(0, σ_b²) (default 0)"
+    )
+
+
+    @model_validator(mode="after")
+    def _b_std_needs_a_gaussian_init(self) -> "MLPParams":
+        if self.parameterization == "standard" and self.b_std is not None and self.W_std is None:
+            raise ValueError("b_std with parameterization 'standard' needs W_std too (the Gaussian init it belongs "
+                             "to); without W_std the layers keep PyTorch's default init")
+        return self
 
 
 class MLP(Architecture):
@@ -46,6 +68,13 @@ class MLP(Architecture):
     The module is an ``nn.Sequential`` with stable names: ``flatten``, then ``linear{l}``,
     ``norm{l}`` (only with a normalizer), ``act{l}``, ``dropout{l}`` (only with dropout) for
     l = 1..len(widths), then ``output`` (and ``output_act`` with ``last_activation``).
+
+    ``parameterization: ntk`` builds every linear layer as ``NTKLinear``:
+    z = (σ_w/√n)·W x + σ_b·b with W, b ~ N(0, 1) (Jacot, Gabriel & Hongler 2018), the
+    parameterization under which the neural tangent kernel has a deterministic infinite-width
+    limit; ``W_std``/``b_std`` are σ_w/σ_b (neural-tangents' names). With ``standard`` and
+    ``W_std`` given, layers are drawn W ~ N(0, σ_w²/n), b ~ N(0, σ_b²): the same function
+    distribution at initialization. An ``init:`` initializer, when named, still runs after.
     """
 
     cache_version: ClassVar[int] = 1
@@ -56,7 +85,7 @@ class MLP(Architecture):
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = math.prod(input_shape)
         for l, width in enumerate(p.widths, start=1):
-            layers[f"linear{l}"] = normalizer.parametrize(nn.Linear(fan_in, width, bias=p.bias))
+            layers[f"linear{l}"] = normalizer.parametrize(self._linear(fan_in, width))
             norm = normalizer.feature_layer(width, 0)
             if norm is not None and p.norm_position == "before_activation":
                 layers[f"norm{l}"] = norm
@@ -66,10 +95,20 @@ class MLP(Architecture):
             if p.dropout > 0:
                 layers[f"dropout{l}"] = nn.Dropout(p.dropout)
             fan_in = width
-        layers["output"] = normalizer.parametrize(nn.Linear(fan_in, output_dim, bias=p.bias))
+        layers["output"] = normalizer.parametrize(self._linear(fan_in, output_dim))
         if p.last_activation:
             layers["output_act"] = p.activation.instantiate().build()
         return nn.Sequential(layers)
+
+    def _linear(self, fan_in: int, fan_out: int) -> nn.Linear:
+        p = self.params
+        if p.parameterization == "ntk":
+            return NTKLinear(fan_in, fan_out, bias=p.bias, W_std=1.0 if p.W_std is None else p.W_std,
+                             b_std=0.0 if p.b_std is None else p.b_std)
+        layer = nn.Linear(fan_in, fan_out, bias=p.bias)
+        if p.W_std is not None:
+            standard_gaussian_(layer, p.W_std, 0.0 if p.b_std is None else p.b_std)
+        return layer
 
     def activation(self) -> Activation:
         return self.params.activation.instantiate()

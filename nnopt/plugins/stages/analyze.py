@@ -75,6 +75,7 @@ class Analyze(Stage):
                         step=None,
                         batch=None,
                         load_model=ctx.load_model,
+                        model_spec=ctx.model_spec,
                     )
                 )
             finally:

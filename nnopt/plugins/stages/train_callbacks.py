@@ -102,6 +102,7 @@ class TrackAnalyzers(LoopCallback):
                     results = t.analyzer.analyze(AnalysisContext(
                         model=model, loss_fn=self.loss_fn, data=loop.data, device=self.device, generator=t.generator,
                         step=loop.step, batch=loop.batch, load_model=self.ctx.load_model,
+                        lr=float(loop.optimizer.param_groups[0]["lr"]), model_spec=self.ctx.model_spec,
                     ))
                 finally:
                     model.train()

@@ -1,5 +1,7 @@
 """The MLP is the survey's eq. (1)/(2) with biases, built through the normalizer's hooks."""
 
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -97,3 +99,30 @@ def test_last_activation_and_dropout_layers():
     assert (model.dropout1(torch.ones(1000)) == 0).float().mean().item() == pytest.approx(0.5, abs=0.06)
     with pytest.raises(ValidationError):
         MLP.Params(dropout=1.0)
+
+
+def test_ntk_parameterization_scales_unit_gaussian_parameters():
+    from nnopt.plugins.architectures.parameterization import NTKLinear
+
+    torch.manual_seed(0)
+    net = mlp(widths=(512,), parameterization="ntk", W_std=1.5, b_std=0.3).build((8,), 3, Normalizer())
+    layer = net.linear1
+    assert isinstance(layer, NTKLinear) and isinstance(net.output, NTKLinear)
+    # parameters are N(0, 1) whatever the width
+    assert abs(layer.weight.std().item() - 1.0) < 0.05 and abs(net.output.weight.std().item() - 1.0) < 0.05
+    x = torch.randn(5, 8)
+    expected = 1.5 / math.sqrt(8) * x @ layer.weight.T + 0.3 * layer.bias
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_standard_gaussian_init_draws_w_std_over_root_fan_in():
+    torch.manual_seed(0)
+    net = mlp(widths=(2000,), W_std=2.0, b_std=0.5).build((8,), 3, Normalizer())
+    assert abs(net.linear1.weight.std().item() - 2.0 / math.sqrt(8)) < 0.01
+    assert abs(net.linear1.bias.std().item() - 0.5) < 0.05
+    assert abs(net.output.weight.std().item() - 2.0 / math.sqrt(2000)) < 0.005
+
+
+def test_b_std_alone_is_refused_under_the_standard_parameterization():
+    with pytest.raises(ValueError, match="needs W_std"):
+        MLP.Params(widths=[4], b_std=0.1)

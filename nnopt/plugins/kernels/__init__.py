@@ -1,0 +1,1 @@
+"""Built-in kernels (kind ``kernels``): empirical and analytic neural tangent kernels."""
