@@ -165,13 +165,55 @@ def _stage_text(data: dict[str, Any]) -> str:
     if data["metrics"]:
         lines.append("metrics: " + _numbers(data["metrics"]))
     if data["results"]:
-        lines.append("results: " + json.dumps(data["results"])[:2000])
+        lines.append("results:  (whole, unabridged: --json, or result.json in dir)")
+        lines += results_lines(data["results"])
     if data["spec"] is not None:
         lines.append("spec:")
         lines += [f"  {line}" for line in spec_yaml(data["spec"]).splitlines()]
     lines.append("artifacts:")
     lines += [f"  {Path(data['dir']) / a}" for a in data["artifacts"]]
     return "\n".join(lines)
+
+
+#: a list longer than this is shown as its first items and its length
+LIST_ITEMS = 8
+
+
+def results_lines(results: dict[str, Any], indent: str = "  ") -> list[str]:
+    """A stage's results for reading: one line per scalar, ``{columns, rows}`` tables as
+    aligned text tables (every row), long lists as their first ``LIST_ITEMS`` items and their
+    length. Nothing is cut silently: an abridged list says how long it is."""
+    out: list[str] = []
+    for name, value in results.items():
+        if isinstance(value, dict) and isinstance(value.get("rows"), list) and isinstance(value.get("columns"), list):
+            out.append(f"{indent}{name}:")
+            out += [f"{indent}  {line}" for line in _table(value["columns"], value["rows"])]
+        elif isinstance(value, dict) and value:
+            out.append(f"{indent}{name}:")
+            out += results_lines(value, indent + "  ")
+        else:
+            out.append(f"{indent}{name}: {_short(value)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and len(value) > LIST_ITEMS:
+        head = ", ".join(_short(v) for v in value[:LIST_ITEMS])
+        return f"[{head}, ...]  ({len(value)} items)"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, (dict, str)) or value is None else str(value)
+
+
+def _table(columns: list[Any], rows: list[Any]) -> list[str]:
+    cells = [[str(c) for c in columns]]
+    for row in rows:
+        values = [row.get(c) for c in columns] if isinstance(row, dict) else list(row)
+        cells.append(["–" if v is None else v if isinstance(v, str) else _short(v) for v in values])
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(cells[0]))]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
 
 
 def spec_yaml(spec: Any) -> str:

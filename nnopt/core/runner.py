@@ -1,6 +1,8 @@
 """Running a plan: each stage is reused from the store or computed, once, under its lock.
 
-For each stage in order: if a dependency did not finish, it is ``skipped``; if its key is
+For each stage in order: if a dependency did not finish, it is ``skipped`` (a stage kind with
+``runs_after_divergence``, a report, still runs when every such dependency diverged or was
+skipped after a divergence); if its key is
 complete in the store (and no ``--force``/``--redo`` asks otherwise) and every artifact still
 matches its manifest's checksum, it is ``cached``; a damaged stage is never used: it is
 recomputed (``ran``, with a message naming the damaged files). Otherwise the runner takes
@@ -48,9 +50,11 @@ class StageReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     message: str | None = None
+    #: skipped only because a stage before it diverged (not because one failed)
+    after_divergence: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "id"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("id", "after_divergence")}
         if not out["results"]:
             out.pop("results")
         if out["message"] is None:
@@ -173,8 +177,10 @@ def _with_dependents(plan: Plan, redo: set[str]) -> set[str]:
 def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport], forced: bool, wait: bool,
                progress: bool, argv: list[str], debug: bool) -> StageReport:
     blocked = [d for d in st.deps if done[d].status not in OK]
-    if blocked:
-        return StageReport(st.id, "skipped", st.key, "", message=f"skipped: '{blocked[0]}' is {done[blocked[0]].status}")
+    settled = all(done[d].status == "diverged" or done[d].after_divergence for d in blocked)
+    if blocked and not (settled and st.cls.runs_after_divergence):
+        return StageReport(st.id, "skipped", st.key, "", message=f"skipped: '{blocked[0]}' is {done[blocked[0]].status}",
+                           after_divergence=settled)
     # a stage is used only after its artifacts are checked against the manifest's checksums
     if not forced and store.is_complete(st.key) and not store.damaged_artifacts(st.key):
         return stored_report(store, st.id, st.key)

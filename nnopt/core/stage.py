@@ -65,6 +65,11 @@ class Stage(Component):
     needs: ClassVar[frozenset[str]] = frozenset()
     #: whether the stage leaves final weights that ``STAGE`` can refer to
     provides_weights: ClassVar[bool] = False
+    #: whether the stage runs when a dependency diverged, or was skipped because one did (a
+    #: report over many runs: a diverged round is a finding to show, not a reason to show
+    #: nothing). Such a stage reads each dependency's outcome with ``ctx.stage_status(ref)``.
+    #: A dependency that *failed* still blocks it.
+    runs_after_divergence: ClassVar[bool] = False
 
     def kept_steps(self) -> set[int]:
         """Steps N whose weights this stage keeps, so that ``STAGE@N`` may refer to them."""
@@ -218,6 +223,15 @@ class StageContext:
         declares them as weight references, so they are its dependencies and in its key."""
         return json.loads((self._resolve(ref).stage_dir / "result.json").read_text(encoding="utf-8"))
 
+    def stage_status(self, ref: WeightRef | str) -> str:
+        """``ok`` or ``diverged`` (the ``status`` of the stage's ``result.json``), or
+        ``skipped`` for a stage that never ran because a stage before it diverged (only a
+        stage with ``runs_after_divergence`` is run with such dependencies)."""
+        path = self._resolve(ref).stage_dir / "result.json"
+        if not path.is_file():
+            return "skipped"
+        return str(json.loads(path.read_text(encoding="utf-8")).get("status", "ok"))
+
     def stage_metrics(self, ref: WeightRef | str) -> list[dict[str, Any]]:
         """The ``metrics.jsonl`` records (one dict per logged line) of the stage a declared
         weight reference names; ``[]`` when it logged none."""
@@ -243,6 +257,23 @@ class StageContext:
         # safetensors refuses shared or non-contiguous storage; a detached clone is neither.
         save_file({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}, str(path))
         return path
+
+    def save_optimizer(self, optimizer: "torch.optim.Optimizer", step: int | None = None,
+                       model: "nn.Module | None" = None) -> Path:
+        """Keep ``optimizer``'s state as ``optimizer/step_N`` (or ``optimizer/final``):
+        safetensors + JSON, no pickle (``core.optimizer_state``); ``model`` names its parameters."""
+        from .optimizer_state import save_optimizer_state
+
+        return save_optimizer_state(optimizer, self.out_dir, step, model)
+
+    def load_optimizer(self, ref: WeightRef | str) -> "tuple[dict[str, Any], dict[int, dict[str, Any]]] | None":
+        """``(meta, state)`` of the optimizer state a declared reference's stage kept at its
+        step (``STAGE@N``; ``STAGE``: its ``optimizer/final``), or None when it kept none."""
+        from .optimizer_state import read_optimizer_state
+
+        resolved = self._resolve(ref)
+        step = None if resolved.path.name == "final.safetensors" else int(resolved.path.stem.split("_", 1)[1])
+        return read_optimizer_state(resolved.stage_dir, step)
 
     def save_masks(self, masks: dict[str, "torch.Tensor"]) -> Path:
         """Store the masks this stage's weights obey as ``masks.safetensors`` (1 kept, 0 pruned)."""

@@ -173,3 +173,20 @@ def test_show_of_a_stage_with_a_flipped_byte_says_damaged_and_names_the_file(cli
     assert shown["metrics"] == {} and shown["results"] == {}
     run = json.loads(cli("show", out["runs"][0]["run"], "--json").stdout)
     assert run["stages"]["train"]["status"] == "damaged" and run["stages"]["train"]["metrics"] == {}
+
+
+def test_show_renders_results_whole_tables_as_tables_and_long_lists_with_their_length():
+    from nnopt.core.lookup import LIST_ITEMS, results_lines
+
+    rows = [{"round": k, "variant": "ticket", "acc": 0.9 - k / 100} for k in range(40)]
+    results = {"lottery": {"columns": ["round", "variant", "acc"], "rows": rows},
+               "hessian_eigs": {"eigenvalues": [float(i) for i in range(50)], "converged": True, "note": None}}
+    lines = results_lines(results)
+    text = "\n".join(lines)
+    # every row of a table is shown (nothing cut at a character count), aligned under its header
+    table = [line for line in lines if line.strip().startswith(("round", *[str(k) for k in range(40)]))]
+    assert len(table) == 1 + len(rows) and table[0].split() == ["round", "variant", "acc"]
+    assert "39     ticket   0.51" in text
+    # a long list says how long it is
+    assert f"eigenvalues: [0, 1, 2, 3, 4, 5, 6, 7, ...]  (50 items)" in text and LIST_ITEMS == 8
+    assert "converged: True" in text and "note: null" in text

@@ -187,3 +187,34 @@ def test_a_tiny_lottery_runs_and_raising_rounds_recomputes_only_the_new_round(cl
 
     shown = cli("show", f"{out['run']}/tickets")
     assert shown.exit_code == 0 and "lottery" in shown.stdout and "weights_remaining" in shown.stdout
+
+
+#: a report over a run that diverges (``bad``: the dense weights trained at lr 1e6) and one
+#: that is therefore never trained (``after``): the report still runs, and says so per row
+DIVERGED_ROUND = """\
+name: lot
+data: {name: digits, batch_size: 128}
+model: {arch: {name: mlp, widths: [16], activation: relu}}
+loss: cross_entropy
+stages:
+  dense: {kind: train, optimizer: {name: sgd, lr: 0.1}, steps: 4, eval_every: 2}
+  bad: {kind: train, from: dense, optimizer: {name: sgd, lr: 1.0e+6, momentum: 0.9}, steps: 20, eval_every: 2}
+  after: {kind: train, from: bad, optimizer: {name: sgd, lr: 0.1}, steps: 4}
+  probe: {kind: analyze, from: bad, analyzers: [grad_norms]}
+  report: {kind: lottery_report, dense: dense, tickets: [bad, after]}
+"""
+
+
+def test_a_diverged_round_is_reported_and_later_rounds_are_rows_marked_skipped(cli, pipeline):
+    result, out = cli.run_json(pipeline(DIVERGED_ROUND), "--no-progress")
+    assert result.exit_code == 1 and out["status"] == "diverged"
+    status = {sid: s["status"] for sid, s in out["stages"].items()}
+    # only a report kind (runs_after_divergence) runs past a divergence; an analyzer does not
+    assert status == {"dense": "ran", "bad": "diverged", "after": "skipped", "probe": "skipped", "report": "ran"}
+    rows = {r["stage"]: r for r in out["stages"]["report"]["results"]["lottery"]["rows"]}
+    assert [rows[s]["status"] for s in ("dense", "bad", "after")] == ["ok", "diverged", "skipped"]
+    assert rows["after"]["test_accuracy"] is None and rows["after"]["weights_remaining"] is None
+    assert rows["bad"]["weights_remaining"] == 100.0
+    # cached as it is: a second run reuses the report
+    again, out2 = cli.run_json(pipeline(DIVERGED_ROUND), "--no-progress")
+    assert out2["stages"]["report"]["status"] == "cached"

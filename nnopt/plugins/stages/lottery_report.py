@@ -19,7 +19,8 @@ from nnopt.core.component import WeightRef
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
 #: the table's columns, in order (``results.lottery.columns``)
-COLUMNS = ("round", "variant", "weights_remaining", "test_accuracy", "test_loss", "best_step", "best_test_loss")
+COLUMNS = ("round", "variant", "status", "weights_remaining", "test_accuracy", "test_loss", "best_step",
+           "best_test_loss")
 
 
 class LotteryReportSpec(StageSpec):
@@ -65,7 +66,11 @@ class LotteryReport(Stage):
     entries)/(entries) over the masked (prunable) tensors of the stage's ``masks.safetensors``
     (100 for a stage without masks), counted exactly; ``test_accuracy`` and ``test_loss`` of
     its final weights (its result's metrics); ``best_step``/``best_test_loss``: the
-    evaluation of lowest test loss in its ``metrics.jsonl`` (the early-stopping step).
+    evaluation of lowest test loss in its ``metrics.jsonl`` (the early-stopping step);
+    ``status``: ``ok``, ``diverged`` (its metrics are then those of its last finite
+    evaluation, as its result reports them) or ``skipped`` (a later round of a block whose
+    round diverged: never trained, no numbers). The report runs after a divergence
+    (``runs_after_divergence``): a ticket that diverges at high sparsity is a finding.
 
     Outputs: results ``lottery`` = ``{columns, rows}`` (rows as mappings), ``table.csv`` and
     ``table.md``; ``plots/accuracy_vs_weights.png``: test accuracy (test loss for a task
@@ -78,6 +83,7 @@ class LotteryReport(Stage):
     cache_version: ClassVar[int] = 1
 
     params: LotteryReportSpec
+    runs_after_divergence: ClassVar[bool] = True
 
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = self.params
@@ -86,10 +92,13 @@ class LotteryReport(Stage):
         runs += [(k, name, ref) for name, refs in spec.controls.items() for k, ref in enumerate(refs, 1)]
         rows, curves = [], {}
         for k, variant, ref in runs:
-            metrics = ctx.stage_result(ref).get("metrics", {})
-            records = ctx.stage_metrics(ref)
+            status = ctx.stage_status(ref)
+            metrics = ctx.stage_result(ref).get("metrics", {}) if status != "skipped" else {}
+            records = ctx.stage_metrics(ref) if status != "skipped" else []
             step, loss = best_test_loss(records)
-            rows.append({"round": k, "variant": variant, "stage": str(ref), "weights_remaining": _remaining(ctx, ref),
+            remaining = _remaining(ctx, ref) if status != "skipped" else None
+            rows.append({"round": k, "variant": variant, "stage": str(ref), "status": status,
+                         "weights_remaining": remaining,
                          "test_accuracy": _number(metrics.get("test_accuracy")), "test_loss": _number(metrics.get("test_loss")),
                          "best_step": step, "best_test_loss": loss})
             if variant in ("dense", "ticket") and k in spec.curves:
@@ -124,10 +133,13 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     def cell(v: Any, digits: int = 4) -> str:
         return "–" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
 
-    lines = ["| round | variant | weights remaining % | test accuracy | test loss | best-test-loss step |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['round']} | {r['variant']} | {r['weights_remaining']:.2f} | {cell(r['test_accuracy'])} | "
-              f"{cell(r['test_loss'])} | {cell(r['best_step'])} |" for r in rows]
+    def percent(v: Any) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    lines = ["| round | variant | status | weights remaining % | test accuracy | test loss | best-test-loss step |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['round']} | {r['variant']} | {r['status']} | {percent(r['weights_remaining'])} | "
+              f"{cell(r['test_accuracy'])} | {cell(r['test_loss'])} | {cell(r['best_step'])} |" for r in rows]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -140,22 +152,28 @@ def _plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     variants = ["ticket", *dict.fromkeys(r["variant"] for r in rows if r["variant"] not in ("dense", "ticket"))]
     for variant in variants:
         # the ticket's line starts at the dense run (round 0: nothing pruned yet)
-        points = [(r["weights_remaining"], r[metric]) for r in rows
-                  if (r["variant"] == variant or (variant == "ticket" and r is dense)) and r[metric] is not None]
+        mine = [r for r in rows if (r["variant"] == variant or (variant == "ticket" and r is dense))
+                and r[metric] is not None and r["weights_remaining"] is not None]
+        points = [(r["weights_remaining"], r[metric]) for r in mine]
         if points:
             xs, ys = zip(*sorted(points, reverse=True))
-            ax.plot(xs, ys, marker="o", markersize=3, label="winning ticket" if variant == "ticket" else variant)
+            line, = ax.plot(xs, ys, marker="o", markersize=3, label="winning ticket" if variant == "ticket" else variant)
+            # a diverged run's point (its last finite evaluation) is crossed out, in its line's colour
+            bad = [(r["weights_remaining"], r[metric]) for r in mine if r["status"] == "diverged"]
+            if bad:
+                ax.plot(*zip(*bad), linestyle="none", marker="x", markersize=9, color=line.get_color())
     if dense[metric] is not None:
         ax.axhline(dense[metric], color="gray", linestyle="--", linewidth=1, label="dense")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(_plain_percent())
     ax.xaxis.set_minor_formatter(_plain_percent())  # plain numbers, no mathtext (see analyzers._plot)
     # decreasing: sparser to the right, as in Frankle & Carbin's figures; 100% at the left edge
-    sparsest = min((r["weights_remaining"] for r in rows), default=100.0)
+    sparsest = min((r["weights_remaining"] for r in rows if r["weights_remaining"] is not None), default=100.0)
     ax.set_xlim(110.0, min(sparsest, 90.0) / 1.1)
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')} vs weights remaining")
+    ax.set_title(f"{metric.replace('_', ' ')} vs weights remaining" + ("  (×: diverged)" if any(
+        r["status"] == "diverged" for r in rows) else ""))
     ax.legend()
     return save(fig, path)
 
@@ -170,7 +188,7 @@ def _plot_curves(curves: dict[int, list[dict[str, Any]]], by_round: dict[int, di
         pts = [(int(r["step"]), _number(r.get(metric))) for r in curves[k] if "step" in r and _number(r.get(metric)) is not None]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", markersize=2, label=f"round {k} ({by_round[k]['weights_remaining']:.1f}%)" if k else "dense (round 0)")
+            ax.plot(xs, ys, marker="o", markersize=2, label=f"round {k} ({by_round[k]['weights_remaining'] or 0:.1f}%)" if k else "dense (round 0)")
     ax.set_xlabel("step")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title("learning curves of the winning tickets")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from nnopt.core.component import WeightRef
 from nnopt.core.errors import StageError
@@ -41,17 +41,10 @@ class RewindSpec(StageSpec):
         "`random_mask`: θ_to ⊙ m_rand, a uniformly random mask with m's per-layer counts; `sign_only`: "
         "sign(θ_to)·σ_layer ⊙ m (Zhou et al. 2019), σ_layer the standard deviation of the layer's θ_to",
     )
-    optimizer_state: bool = Field(False, description="also rewind the optimizer state kept at step N (not available: "
-                                  "train stages keep weights only)")
-
-    @field_validator("optimizer_state")
-    @classmethod
-    def _no_optimizer_state(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("rewinding the optimizer state is not available: train stages keep only the weights at "
-                             "their `keep` steps, not optimizer state; leave optimizer_state false (the next train "
-                             "stage starts its optimizer fresh, as Frankle & Carbin do)")
-        return value
+    optimizer_state: bool = Field(
+        False, description="also rewind the optimizer state kept at step N (the `to` stage must set keep_optimizer: "
+        "true); masked like the weights, it starts the next train stage's optimizer. false: that optimizer starts "
+        "fresh, as Frankle & Carbin's does")
 
 
 class Rewind(Stage):
@@ -89,6 +82,30 @@ class Rewind(Stage):
     provides_weights: ClassVar[bool] = True
 
     params: RewindSpec
+
+    def _rewind_optimizer(self, ctx: StageContext, model, masks) -> None:
+        """Copy the optimizer state kept at ``to`` into this stage, each per-parameter tensor
+        of a masked parameter's shape multiplied by its mask (momentum and moment estimates of
+        pruned weights are 0: they must not push them back)."""
+        from nnopt.core.optimizer_state import write_optimizer_state
+
+        kept = ctx.load_optimizer(self.params.to)
+        if kept is None:
+            raise StageError(f"'{self.params.to}' kept no optimizer state: set keep_optimizer: true on stage "
+                             f"'{self.params.to.stage}' (or leave optimizer_state false)")
+        meta, state = kept
+        names = meta.get("names") or [name for name, _ in model.named_parameters()]
+        if len(names) != len(meta.get("shapes") or []):
+            raise StageError(f"the optimizer state kept with '{self.params.to}' is for {len(meta.get('shapes') or [])} "
+                             f"parameters, and this model has {len(names)}")
+        for index, entries in state.items():
+            mask = masks.get(names[index]) if index < len(names) else None
+            if mask is None:
+                continue
+            for key, value in entries.items():
+                if hasattr(value, "shape") and tuple(value.shape) == tuple(mask.shape):
+                    entries[key] = value * mask.to(value.dtype)
+        write_optimizer_state(meta, state, ctx.out_dir)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         import torch
@@ -132,6 +149,8 @@ class Rewind(Stage):
             raise StageError(f"the weights of '{spec.to}' do not fit the model of stage '{ctx.stage_id}' ({detail})") from None
         ctx.save_weights(state)
         ctx.save_masks(masks)
+        if spec.optimizer_state:
+            self._rewind_optimizer(ctx, own, masks)
         report = sparsity_report(masks)
         return StageOutcome(metrics={"weights_remaining": report["total"]["fraction"]},
                             results={"sparsity": report, "rewind": {"to": str(spec.to), "control": spec.control}})

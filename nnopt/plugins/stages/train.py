@@ -63,6 +63,10 @@ class TrainSpec(StageSpec):
         description="steps N >= 0 whose weights are kept as `STAGE@N`: the weights after N updates "
         "(0: the initialization; the last step: the final weights)",
     )
+    keep_optimizer: bool = Field(
+        False, description="also keep the optimizer's state at every `keep` step (optimizer/step_N: safetensors + "
+        "JSON), for `rewind`'s optimizer_state and for a train stage starting from STAGE@N with its momentum"
+    )
     track: list[TrackRef] = Field(  # type: ignore[valid-type]
         default_factory=list,
         description="analyzers run on the live model every `every` steps (steps s with s % every == 0)",
@@ -219,7 +223,7 @@ class Train(Stage):
     def callbacks(self, ctx: StageContext, model: Any, loss_fn: Any, device: Any) -> list[LoopCallback]:
         """The loop's callbacks for this stage, in the order their hooks run."""
         spec = self.params
-        out: list[LoopCallback] = [KeepWeights(ctx, set(spec.keep))]
+        out: list[LoopCallback] = [KeepWeights(ctx, set(spec.keep), spec.keep_optimizer)]
         trainable = [p for p in model.parameters() if p.requires_grad]
         if spec.precision != "fp32":
             import torch
@@ -312,6 +316,8 @@ class Train(Stage):
         params = build_param_groups(model, spec.param_groups, opt_component.params.model_dump())
         optimizer = opt_component.build(params, device)
         check_group_options(optimizer, spec.param_groups)
+        if spec.from_ is not None:
+            self._load_optimizer(ctx, optimizer, model, notes)
         schedule_component = spec.schedule.instantiate().bind(per_epoch, batch_size)
         schedule = schedule_component.build(optimizer, total)
         eval_batch = max(batch_size, 1024)
@@ -355,6 +361,8 @@ class Train(Stage):
                 if k > trained:
                     with loop.evaluation():
                         ctx.save_weights(model.state_dict(), step=k)
+                    if spec.keep_optimizer:
+                        ctx.save_optimizer(optimizer, step=k, model=model)
 
         test = loop.test
         with loop.evaluation():  # the weights the method reports (schedule-free's x_t, an average, ...)
@@ -383,6 +391,21 @@ class Train(Stage):
                                       "restored_best": bool(stopper.restore_best and stopper.best_state is not None)}
         return StageOutcome(metrics=metrics, results={"training": training, **sparsity},
                             message="; ".join(notes) or None)
+
+    def _load_optimizer(self, ctx: StageContext, optimizer: Any, model: Any, notes: list[str]) -> None:
+        """Start the optimizer from the state ``from``'s stage kept at that reference, if it
+        kept one (``keep_optimizer``, or a ``rewind`` with ``optimizer_state``): momentum
+        buffers and moment estimates continue; this stage's own hyperparameters stay."""
+        from nnopt.core.optimizer_state import load_into
+
+        kept = ctx.load_optimizer(self.params.from_)
+        if kept is None:
+            return
+        try:
+            load_into(optimizer, *kept, model=model)
+        except ValueError as err:
+            raise StageError(f"cannot start from the optimizer state kept with '{self.params.from_}': {err}") from None
+        notes.append(f"optimizer state loaded from '{self.params.from_}'")
 
     def _load_masks(self, ctx: StageContext, model: Any) -> dict[str, Any] | None:
         """``from``'s masks (None for a dense ``from``), checked against the model, with the

@@ -21,20 +21,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class KeepWeights(LoopCallback):
     """Saves θ_N as ``weights/step_N`` for every kept N: before step N's update (θ_0 is the
-    initialization) and, for N = total, after the last step."""
+    initialization) and, for N = total, after the last step; with ``optimizer`` also the
+    optimizer's state after N updates as ``optimizer/step_N``."""
 
-    def __init__(self, ctx: "StageContext", steps: set[int]):
-        self.ctx, self.steps = ctx, set(steps)
+    def __init__(self, ctx: "StageContext", steps: set[int], optimizer: bool = False):
+        self.ctx, self.steps, self.optimizer = ctx, set(steps), optimizer
 
     def on_step_start(self, loop: "TrainLoop") -> None:
         if loop.step in self.steps:
-            with loop.evaluation():
-                self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
+            self._keep(loop)
 
     def on_train_end(self, loop: "TrainLoop") -> None:
         if loop.step in self.steps:
-            with loop.evaluation():
-                self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
+            self._keep(loop)
+
+    def _keep(self, loop: "TrainLoop") -> None:
+        with loop.evaluation():
+            self.ctx.save_weights(loop.model.state_dict(), step=loop.step)
+        if self.optimizer:
+            self.ctx.save_optimizer(loop.optimizer, step=loop.step, model=loop.model)
 
 
 class GradClip(LoopCallback):

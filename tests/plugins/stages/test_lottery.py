@@ -181,7 +181,7 @@ def test_the_report_table_counts_weights_exactly_and_reads_each_stages_numbers(t
     for png in ("accuracy_vs_weights.png", "learning_curves.png"):
         assert (out_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out_dir / "table.md").read_text().splitlines()
-    assert len(table) == 2 + len(rows) and "| 2 | reinit | 63.75 | 0.7 | 0.9 | 20 |" in table
+    assert len(table) == 2 + len(rows) and "| 2 | reinit | ok | 63.75 | 0.7 | 0.9 | 20 |" in table
     assert (out_dir / "table.csv").read_text().splitlines()[0].split(",")[:3] == ["stage", "round", "variant"]
 
 

@@ -42,13 +42,12 @@ def rewind(tmp_path, chain, name, seed=0, **spec):
     return outcome, load_file(str(out / "weights/final.safetensors")), load_file(str(out / "masks.safetensors"))
 
 
-def test_spec_declares_to_as_a_weight_ref_and_refuses_optimizer_state():
+def test_spec_declares_to_as_a_weight_ref():
     spec = RewindSpec.model_validate({"kind": "rewind", "from": "p", "to": "dense@init"})
     assert str(spec.to) == "dense@0" and spec.control == "none" and Rewind.provides_weights
+    assert spec.optimizer_state is False
     with pytest.raises(ValidationError):
         RewindSpec.model_validate({"kind": "rewind", "from": "p"})
-    with pytest.raises(ValidationError, match="optimizer state"):
-        RewindSpec.model_validate({"kind": "rewind", "from": "p", "to": "d@0", "optimizer_state": True})
     with pytest.raises(ValidationError):
         RewindSpec.model_validate({"kind": "rewind", "from": "p", "to": "d@0", "control": "shuffle"})
 
@@ -155,3 +154,56 @@ def test_cli_train_prune_rewind_train(tmp_path):
     path.write_text(PIPELINE.replace("CONTROL", "none").replace("dense@5", "dense@7"))
     bad = nnopt("validate", str(path))
     assert bad.exit_code == 2 and "stages.late.to" in bad.output and "does not keep step 7" in bad.output
+
+
+OPTIMIZER_STATE = """
+name: momentum-rewind
+data: {name: digits, batch_size: 64}
+model: {arch: {name: mlp, widths: [24]}}
+loss: cross_entropy
+stages:
+  dense:
+    kind: train
+    optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+    param_groups: [{params: [bias], weight_decay: 0.0}]   # another parameter order than the model's
+    steps: 12
+    keep: [0, 5]
+    keep_optimizer: KEEP
+  pruned: {kind: prune, from: dense, method: {name: magnitude, fraction: 0.5}}
+  late: {kind: rewind, from: pruned, to: dense@5, optimizer_state: true}
+  retrain: {kind: train, from: late, optimizer: {name: sgd, lr: 0.05, momentum: 0.9}, steps: 6}
+"""
+
+
+def test_rewinding_the_optimizer_state_masks_the_momentum_kept_at_step_n(tmp_path):
+    store = str(tmp_path / "store")
+    path = tmp_path / "p.yaml"
+    path.write_text(OPTIMIZER_STATE.replace("KEEP", "true"))
+    result = nnopt("run", str(path), "--json", "--store", store)
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)["stages"]
+    dense, late, retrain = (stages[s]["dir"] for s in ("dense", "late", "retrain"))
+    # kept as safetensors + JSON, tensors named by parameter index and state name
+    meta = json.loads(open(f"{dense}/optimizer/step_5.json").read())
+    kept = load_file(f"{dense}/optimizer/step_5.safetensors")
+    assert meta["optimizer"] == "SGD" and len(kept) == len(meta["names"]) == 4
+    by_name = {meta["names"][int(k.split(".")[0])]: v for k, v in kept.items()}
+    assert all(v.abs().sum() > 0 for v in by_name.values())  # 5 steps of momentum
+    # the rewound copy: the kept buffers times the mask (zero where pruned, equal where kept)
+    masks = load_file(f"{late}/masks.safetensors")
+    rewound_meta = json.loads(open(f"{late}/optimizer/final.json").read())
+    rewound = {rewound_meta["names"][int(k.split(".")[0])]: v
+               for k, v in load_file(f"{late}/optimizer/final.safetensors").items()}
+    for name, buf in rewound.items():
+        mask = masks.get(name, torch.ones_like(buf))
+        assert torch.equal(buf, by_name[name] * mask)
+    # the next train stage starts from it, and says so; pruned weights stay exactly zero
+    assert "optimizer state loaded from 'late'" in (stages["retrain"].get("message") or "")
+    final = load_file(f"{retrain}/weights/final.safetensors")
+    assert all(bool((final[n][m == 0] == 0).all()) for n, m in masks.items())
+
+    # without keep_optimizer there is nothing to rewind: the stage fails with what to set
+    path.write_text(OPTIMIZER_STATE.replace("KEEP", "false"))
+    result = nnopt("run", str(path), "--json", "--store", store)
+    assert result.exit_code != 0
+    assert "keep_optimizer: true" in json.loads(result.stdout)["stages"]["late"]["message"]
