@@ -316,6 +316,15 @@ class Analyzer(Component):
         """Draw results tracked over training steps into ``out_dir``; returns the files written."""
         return []
 
+    def state_dict(self) -> Any:
+        """What a tracked analyzer remembers between calls (a reference taken at its first
+        call, say), saved in the train stage's checkpoint so that a resumed run measures
+        against the same reference; None: nothing."""
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore what ``state_dict`` returned (only called with a non-None state)."""
+
 
 # --------------------------------------------------------------------------- kernels
 @dataclass

@@ -115,12 +115,14 @@ class TrackAnalyzers(LoopCallback):
             self.ctx.log_metrics({"step": loop.step, "track": t.key, **results})
 
     def state_dict(self) -> Any:
-        return [(t.generator.get_state(), t.series) for t in self.tracks]
+        return [(t.generator.get_state(), t.series, t.analyzer.state_dict()) for t in self.tracks]
 
     def load_state_dict(self, state: Any) -> None:
-        for t, (gen, series) in zip(self.tracks, state):
+        for t, (gen, series, *own) in zip(self.tracks, state):
             t.generator.set_state(gen)
             t.series[:] = series
+            if own and own[0] is not None:
+                t.analyzer.load_state_dict(own[0])
 
 
 class GradClipValue(LoopCallback):
