@@ -15,6 +15,8 @@ stage, exactly as an uninterrupted one logs it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -23,7 +25,10 @@ from typing import IO, Any
 
 from .store import CHECKPOINT
 
-FORMAT = 1  # bumped whenever the payload's layout changes: an older checkpoint is not resumed
+FORMAT = 2  # bumped whenever the payload's layout changes: an older checkpoint is not resumed
+#: the file ends with MAGIC + SHA-256 of the bytes before it: torch.load checks no CRC, so a
+#: flipped byte in a tensor would otherwise be resumed from silently (2: the digest added)
+MAGIC = b"nnopt-checkpoint-sha256:"
 _TMP = f".{CHECKPOINT}.tmp"  # one fixed name: a copy a kill left half-written is overwritten, never piled up
 
 #: what reading a damaged or foreign file can raise: any of them makes the checkpoint unusable
@@ -40,8 +45,11 @@ def save(out_dir: Path, state: dict[str, Any], metrics: Path, metrics_file: IO[s
         os.fsync(metrics_file.fileno())
     metrics_bytes = metrics.stat().st_size if metrics.is_file() else 0
     tmp = out_dir / _TMP
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "metrics_bytes": metrics_bytes, "state": state}, buffer)
+    data = buffer.getvalue()
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "metrics_bytes": metrics_bytes, "state": state}, f)
+        f.write(data + MAGIC + hashlib.sha256(data).digest())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_dir / CHECKPOINT)
@@ -65,7 +73,11 @@ def load(out_dir: Path, metrics: Path) -> dict[str, Any] | None:
     try:
         # weights_only: a checkpoint is data, never code (no arbitrary unpickling). On the CPU:
         # RNG states must be CPU tensors, and state dicts load onto their module's device anyway.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+        data, magic, digest = raw[: -len(MAGIC) - 32], raw[-len(MAGIC) - 32 : -32], raw[-32:]
+        if magic != MAGIC or hashlib.sha256(data).digest() != digest:
+            raise ValueError("a checkpoint whose bytes do not match its checksum")
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if payload["format"] != FORMAT or not isinstance(payload["metrics_bytes"], int):
             raise ValueError("another checkpoint format")
         metrics_bytes, state = payload["metrics_bytes"], payload["state"]

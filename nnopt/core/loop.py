@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal
@@ -194,6 +196,57 @@ class CheckpointClock:
         return due
 
 
+class Interrupt:
+    """Ctrl-C as a request: the running loop stops at its next safe point, resumable.
+
+    ``install()`` (by ``nnopt run``, in the main thread) makes SIGINT set ``requested``
+    while a loop runs (``safe_points``); the loop checks the flag once per step, and after
+    the next flushed log window (at most ``log_every`` steps later) it saves a checkpoint and
+    raises ``KeyboardInterrupt``, which the runner turns into a kept, resumable work
+    directory and the CLI into exit 130. A second SIGINT, or one while no loop runs, raises
+    ``KeyboardInterrupt`` at once, as Python's default handler does: every write of the store
+    is atomic, so that leaves it consistent too (the stage is computed again, or resumed from
+    its previous checkpoint)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.loops = 0
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.loops == 0 or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        print("interrupt: stopping at the next safe point with a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        """SIGINT handled as above for the duration (the previous handler restored after)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.requested = False
+
+    @contextlib.contextmanager
+    def safe_points(self) -> Any:
+        """While a loop runs: a first Ctrl-C is a request, not an exception."""
+        self.loops += 1
+        try:
+            yield
+        finally:
+            self.loops -= 1
+
+
+INTERRUPT = Interrupt()
+
+
 class TrainLoop:
     """Mini-batch training of ``model`` for ``total`` steps, with hook points (module docstring).
 
@@ -240,6 +293,10 @@ class TrainLoop:
         self.shuffle = torch.Generator(device="cpu").manual_seed(shuffle_seed)
         self.shuffles = shuffle  # False: every epoch takes the train split in its stored order
         self.stop_requested = False  # set by a callback's on_evaluate (early stopping): see request_stop
+        #: data parallelism (``core.distributed.Sharding``): each step trains on this rank's slice
+        #: of the global batch, and each window of losses is all-reduced; None: one process
+        self.sharding: Any = None
+        self.batch_weight = 1.0  # this rank's share n_r / B of the step's global batch
 
         self.step = 0  # optimizer updates done
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -335,7 +392,21 @@ class TrainLoop:
         for hook in self.hooks.on_log:
             hook(self, {**record, "window": len(values)})
 
-    def run(self) -> LoopResult:  # noqa: C901 - the hot loop, kept in one place and free of branches per feature
+    def run(self) -> LoopResult:
+        """Train from ``step`` to ``total`` (see the class docstring). A Ctrl-C meanwhile
+        (``INTERRUPT``) stops at the next safe point: right after a log window is flushed,
+        a checkpoint is saved and ``KeyboardInterrupt`` raised; a second Ctrl-C raises at once."""
+        x_train, y_train = self.data.x_train, self.data.y_train
+        xs, ys = x_train, y_train
+        if self.step % self.per_epoch and self._perm is not None:  # resumed inside an epoch
+            xs, ys = x_train[self._perm], y_train[self._perm]
+        self._t0 = time.perf_counter() - self._elapsed
+        for hook in self.hooks.on_train_start:
+            hook(self)
+        with INTERRUPT.safe_points():
+            return self._steps(xs, ys)
+
+    def _steps(self, xs: "torch.Tensor", ys: "torch.Tensor") -> LoopResult:  # noqa: C901 - the hot loop, kept in one place and free of branches per feature
         import torch
 
         data, hooks, ctx = self.data, self.hooks, self.ctx
@@ -343,16 +414,9 @@ class TrainLoop:
         n, batch_size, per_epoch, total = data.n_train, self.batch_size, self.per_epoch, self.total
         log_every, eval_every, step_rule, schedule = self.log_every, self.eval_every, self.step_rule, self.schedule
         on_step_start, after_step = hooks.on_step_start, hooks.after_step
-        shuffles = self.shuffles
+        shuffles, sharding = self.shuffles, self.sharding
         window: list[torch.Tensor] = []  # detached losses since the last sync: no per-step host sync
         window_start = self.step
-        xs, ys = x_train, y_train
-        if self.step % per_epoch and self._perm is not None:  # resumed inside an epoch
-            xs, ys = x_train[self._perm], y_train[self._perm]
-        self._t0 = time.perf_counter() - self._elapsed
-        for hook in hooks.on_train_start:
-            hook(self)
-
         while self.step < total:
             step = self.step
             b = step % per_epoch
@@ -361,9 +425,11 @@ class TrainLoop:
                 xs, ys = x_train[self._perm], y_train[self._perm]
             start = b * batch_size
             xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
-            self.batch = (xb, yb)
+            self.batch = (xb, yb)  # the global batch: what hooks see is the same on every rank
             for hook in on_step_start:
                 hook(self)
+            if sharding is not None:
+                xb, yb, self.batch_weight = sharding.split(xb, yb)
             loss = self.loss = step_rule.step(self, xb, yb)
             window.append(loss)
             self.step = step = step + 1
@@ -373,7 +439,12 @@ class TrainLoop:
             evaluating = step % eval_every == 0 or step == total
             flushing = len(window) == log_every or step == total
             if flushing or evaluating:
-                values = torch.stack(window).tolist()
+                if sharding is None:
+                    values = torch.stack(window).tolist()
+                else:  # one all-reduce per window: the global batches' losses, and any rank's Ctrl-C
+                    flag = torch.full((1,), float(INTERRUPT.requested), dtype=window[0].dtype, device=window[0].device)
+                    *values, anyone = sharding.reduce(torch.cat([torch.stack(window).reshape(-1), flag])).tolist()
+                    INTERRUPT.requested = anyone > 0
                 bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
                 if bad is not None:
                     last = values[bad - 1] if bad > 0 else self.last_finite
@@ -397,8 +468,11 @@ class TrainLoop:
                     schedule.step()
                     break
             schedule.step()  # after logging, so that "lr" is the rate the logged steps used
-            if not window and step < total and self.checkpoint_due(step):
+            if not window and step < total and (INTERRUPT.requested or self.checkpoint_due(step)):
                 ctx.save_checkpoint(self.state_dict())
+                if INTERRUPT.requested:  # Ctrl-C: stop at this safe point, resumable from here
+                    INTERRUPT.requested = False
+                    raise KeyboardInterrupt
         for hook in hooks.on_train_end:
             hook(self)
         return LoopResult("ok", self.step, self.seconds)

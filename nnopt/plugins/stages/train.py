@@ -8,9 +8,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from nnopt.core import distributed
 from nnopt.core.component import OptimizerRef, Params, ScheduleRef, TrackRef
 from nnopt.core.errors import StageError
-from nnopt.core.loop import BackwardStep, CheckpointClock, LoopCallback, LoopResult, TrainLoop
+from nnopt.core.loop import BackwardStep, CheckpointClock, ClosureStep, LoopCallback, LoopResult, TrainLoop
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
 from ._common import draw_plots, evaluate, seed_everything
@@ -214,6 +215,8 @@ class Train(Stage):
     cache_version: ClassVar[int] = 3  # 3: masked training from a stage with masks
     needs: ClassVar[frozenset[str]] = frozenset({"data", "model", "loss"})
     provides_weights: ClassVar[bool] = True
+    #: under torchrun every rank trains it, on its shard of each global batch (core.distributed)
+    data_parallel: ClassVar[bool] = True
 
     params: TrainSpec
 
@@ -333,6 +336,7 @@ class Train(Stage):
             step_rule = opt_component.step_rule()
         if spec.compile:
             model.compile()  # in place: the state_dict keeps its keys, so weights and checkpoints are unchanged
+        sharding, step_rule = self._data_parallel(model, step_rule, device, notes)
         training = self._training_block(optimizer, device, batch_size, micro, notes)
         training["masked"] = masks is not None
         sparsity = {"sparsity": sparsity_report(masks)} if masks is not None else {}
@@ -344,7 +348,8 @@ class Train(Stage):
                 log_every=spec.log_every, eval_every=spec.eval_every, callbacks=[*callbacks, Progress(bar)],
                 step_rule=step_rule, shuffle=spec.shuffle and not spec.full_batch,
             )
-            state = ctx.load_checkpoint()
+            loop.sharding = sharding
+            state = distributed.resume_state(ctx)  # under torchrun: rank 0's, on every rank
             if state is not None:  # a killed run of this very stage saved this: continue from it
                 loop.load_state_dict(state)
             loop.checkpoint_due = CheckpointClock(spec.checkpoint_every, spec.checkpoint_minutes, loop.step)
@@ -374,7 +379,8 @@ class Train(Stage):
                 return self._diverged(ctx, loop, LoopResult("diverged", trained, result.seconds, trained, train["loss"],
                                                             loop.last_finite), tracks, training, sparsity)
             ctx.save_weights(model.state_dict(), step=None)
-        self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
+        if distributed.is_main():  # the other ranks' outputs are discarded: no plots to draw
+            self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
 
         metrics: dict[str, Any] = {f"train_{k}": v for k, v in train.items()}
         metrics.update({f"test_{k}": v for k, v in test.items()})  # the loop evaluates at the last step
@@ -448,6 +454,27 @@ class Train(Stage):
         trained = [(p, m) for p, m in zip(tensors, factors) if p.requires_grad]
         grads = MaskGradients([p for p, _ in trained], [m for _, m in trained])
         return grads, ApplyMasks(tensors, factors, optimizer)
+
+    def _data_parallel(self, model: Any, step_rule: Any, device: Any, notes: list[str]) -> tuple[Any, Any]:
+        """Under torchrun (more than one process): the model wrapped in DistributedDataParallel
+        and the step rule that trains it on this rank's shard (``core.distributed``); else
+        ``(None, step_rule)``, the single-process path untouched."""
+        if not distributed.active():
+            return None, step_rule
+        from torch.nn.parallel import DistributedDataParallel
+
+        if type(step_rule) not in (BackwardStep, ClosureStep):
+            why = ("accumulate / fp16 micro-batch steps" if isinstance(step_rule, MicroBatchStep)
+                   else f"optimizer '{self.params.optimizer.name}' with its own step rule ({type(step_rule).__name__})")
+            raise StageError(f"data-parallel training (torchrun, {distributed.world_size()} processes) runs plain-backward "
+                             f"and closure optimizers only, and this stage uses {why}; run it in one process")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise StageError("data-parallel training needs at least one trained parameter")
+        ids = [device.index if device.index is not None else distributed.local_rank()] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+        sharding = distributed.Sharding(distributed.rank(), distributed.world_size())
+        notes.append(f"data-parallel over {sharding.world} processes (DistributedDataParallel)")
+        return sharding, distributed.DataParallelStep(net, sharding, closure=isinstance(step_rule, ClosureStep))
 
     def _run_loop(self, loop: TrainLoop) -> LoopResult:
         if not self.params.compile:
