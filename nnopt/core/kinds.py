@@ -298,6 +298,13 @@ class AnalysisContext:
     # The ``model:`` spec the model was built from (a ``ModelSpec``), where the stage has one:
     # analytic infinite-width kernels derive the architecture from it.
     model_spec: Any = None
+    # The weight reference the model under analysis was loaded from (an analyze stage's
+    # ``from``, as text, e.g. "train"), or None (a fresh model; the live model of a train
+    # stage); analyzers default their own references from it (``distance``: ``STAGE@0``).
+    source: str | None = None
+    # ``kept_steps(stage)``: the steps N whose ``STAGE@N`` ``load_model`` can read (every kept
+    # step of a stage this one refers to); None where nothing can be loaded.
+    kept_steps: Callable[[str], list[int]] | None = None
 
 
 class Analyzer(Component):

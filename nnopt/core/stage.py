@@ -223,6 +223,12 @@ class StageContext:
         declares them as weight references, so they are its dependencies and in its key."""
         return json.loads((self._resolve(ref).stage_dir / "result.json").read_text(encoding="utf-8"))
 
+    def kept_steps(self, stage_id: str) -> list[int]:
+        """The steps N (sorted) whose weights ``STAGE@N`` this stage may read: every step a
+        stage it refers to keeps (the engine resolves them all, see ``runner``)."""
+        prefix = f"{stage_id}@"
+        return sorted(int(k[len(prefix):]) for k in self._weights if k.startswith(prefix) and k[len(prefix):].isdigit())
+
     def stage_status(self, ref: WeightRef | str) -> str:
         """``ok`` or ``diverged`` (the ``status`` of the stage's ``result.json``), or
         ``skipped`` for a stage that never ran because a stage before it diverged (only a

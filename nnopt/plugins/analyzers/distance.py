@@ -14,8 +14,8 @@ from nnopt.core.kinds import AnalysisContext, Analyzer
 
 
 class DistanceParams(Params):
-    to: WeightRef = Field(..., description="the reference θ₀: STAGE, STAGE@N or STAGE@init — usually the analyzed "
-                          "stage's initialization, e.g. train@init")
+    to: WeightRef | None = Field(None, description="the reference θ₀: STAGE, STAGE@N or STAGE@init; None: the "
+                                 "initialization of the analyzed stage (`from`@0, which that stage must keep)")
     include: Literal["parameters", "all"] = Field(
         "parameters", description="`parameters`: the trainable parameters; `all`: every floating tensor of the "
         "state dict (BatchNorm running statistics too)")
@@ -40,6 +40,17 @@ class Distance(Analyzer):
 
     params: DistanceParams
 
+    @staticmethod
+    def _init_of_source(ctx: AnalysisContext) -> str:
+        if ctx.source is None:
+            raise StageError("distance: give `to` (the reference weights): the analyzed model was not loaded from a "
+                             "stage, so it has no initialization to default to")
+        stage = ctx.source.split("@", 1)[0]
+        if ctx.kept_steps is None or 0 not in ctx.kept_steps(stage):
+            raise StageError(f"distance: `to` defaults to {stage}@0, and stage '{stage}' does not keep step 0; add 0 to "
+                             f"stages.{stage}.keep, or give `to`")
+        return f"{stage}@0"
+
     def analyze(self, ctx: AnalysisContext) -> dict[str, Any]:
         from .weight_paths import check_same_tensors, float_state
 
@@ -47,10 +58,11 @@ class Distance(Analyzer):
         if ctx.load_model is None:
             raise StageError("distance: this context cannot load the weights of `to` (use the analyzer in an analyze "
                              "stage or in a train stage's track)")
+        to = str(p.to) if p.to is not None else self._init_of_source(ctx)
         names = set(dict(ctx.model.named_parameters())) if p.include == "parameters" else None
         theta = {k: v for k, v in float_state(ctx.model).items() if names is None or k in names}
-        ref = {k: v for k, v in float_state(ctx.load_model(p.to)).items() if names is None or k in names}
-        check_same_tensors(theta, ref, "the analyzed model", str(p.to), "distance")
+        ref = {k: v for k, v in float_state(ctx.load_model(to)).items() if names is None or k in names}
+        check_same_tensors(theta, ref, "the analyzed model", to, "distance")
 
         def stats(keys: list[str]) -> dict[str, float]:
             d = sum(float((theta[k].double() - ref[k].double()).pow(2).sum()) for k in keys)
@@ -64,7 +76,7 @@ class Distance(Analyzer):
         for k in keys:
             layers.setdefault(k.rsplit(".", 1)[0] if "." in k else k, []).append(k)
         return {
-            "to": str(p.to),
+            "to": to,
             "include": p.include,
             **stats(keys),
             "layers": {layer: stats(ks) for layer, ks in layers.items()},

@@ -26,9 +26,10 @@ class SurfaceParams(Params):
     directions: Literal["random", "pca"] = Field(
         "random", description="`random`: two Gaussian directions, filter-normalized (Li et al. 2018); `pca`: the top "
         "two principal directions of `trajectory` around `at`")
-    trajectory: list[WeightRef] | None = Field(
-        None, min_length=3, description="with directions: pca, the checkpoints of a training run, e.g. [train@0, "
-        "train@50, train@100, train] (at least three; every one must be kept by its stage)")
+    trajectory: list[WeightRef] | WeightRef | None = Field(
+        None, description="with directions: pca, the checkpoints of a training run: a list, e.g. [train@0, "
+        "train@50, train@100, train] (at least three; every one must be kept by its stage), or a stage, `train`: "
+        "every step it keeps and its final weights")
     normalization: Literal["filter", "none"] = Field(
         "filter", description="random directions: `filter` rescales each filter (output row / channel) to the norm "
         "of the weights' filter; `none` keeps the raw Gaussian")
@@ -60,6 +61,11 @@ class SurfaceParams(Params):
                              "[train@0, train@50, train]")
         if self.directions == "random" and self.trajectory is not None:
             raise ValueError("`trajectory` is only used with directions: pca")
+        if isinstance(self.trajectory, list) and len(self.trajectory) < 3:
+            raise ValueError(f"`trajectory` lists {len(self.trajectory)} checkpoints; PCA directions need at least three")
+        if isinstance(self.trajectory, WeightRef) and self.trajectory.step is not None:
+            raise ValueError(f"`trajectory: {self.trajectory}` names one checkpoint; name the stage alone "
+                             f"({self.trajectory.stage}: all its kept steps) or list at least three")
         if (self.x.points if self.x else 21) * (self.y.points if self.y else 21) > MAX_GRID:
             raise ValueError(f"the grid has more than {MAX_GRID} points")
         return self
@@ -123,7 +129,8 @@ class Surface(Analyzer):
             y_axis = p.y or Axis(**DEFAULT_AXIS)
         else:
             points = []
-            for ref in p.trajectory or []:
+            trajectory = _checkpoints(p.trajectory, ctx)
+            for ref in trajectory:
                 other = ctx.load_model(ref).state_dict()
                 check_same_tensors(origin, {n: other[n] for n in names if n in other},
                                    str(p.at or "the analyzed model"), str(ref), "surface")
@@ -134,7 +141,7 @@ class Surface(Analyzer):
             x_axis = p.x or _span([c[0] for c in coords])
             y_axis = p.y or _span([c[1] for c in coords])
             extra = {"explained_variance": pca["explained"],
-                     "trajectory": [{"ref": str(r), "x": c[0], "y": c[1]} for r, c in zip(p.trajectory or [], coords)]}
+                     "trajectory": [{"ref": str(r), "x": c[0], "y": c[1]} for r, c in zip(trajectory, coords)]}
 
         gx = torch.tensor(x_axis.values(), dtype=torch.float64)
         gy = torch.tensor(y_axis.values(), dtype=torch.float64)
@@ -237,6 +244,21 @@ class Surface(Analyzer):
         ax3.set_zlabel(label)
         files.append(save(fig, Path(out_dir) / "surface_3d.png"))
         return files
+
+
+def _checkpoints(trajectory: "list[WeightRef] | WeightRef | None", ctx: AnalysisContext) -> list[Any]:
+    """The trajectory's weight references in order: a list as given; a stage, every step it
+    keeps (``ctx.kept_steps``) and then its final weights."""
+    if isinstance(trajectory, list):
+        return list(trajectory)
+    if trajectory is None:
+        return []
+    steps = ctx.kept_steps(trajectory.stage) if ctx.kept_steps is not None else []
+    refs = [f"{trajectory.stage}@{n}" for n in steps] + [trajectory.stage]
+    if len(refs) < 3:
+        raise StageError(f"surface: stage '{trajectory.stage}' keeps {len(steps)} step(s) besides its final weights; "
+                         "PCA directions need at least three checkpoints (add steps to its `keep`)")
+    return refs
 
 
 def _span(values: list[float]) -> Axis:

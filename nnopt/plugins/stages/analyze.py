@@ -76,6 +76,8 @@ class Analyze(Stage):
                         batch=None,
                         load_model=ctx.load_model,
                         model_spec=ctx.model_spec,
+                        source=str(spec.from_) if spec.from_ is not None else None,
+                        kept_steps=ctx.kept_steps,
                     )
                 )
             finally:

@@ -108,6 +108,7 @@ class TrackAnalyzers(LoopCallback):
                         model=model, loss_fn=self.loss_fn, data=loop.data, device=self.device, generator=t.generator,
                         step=loop.step, batch=loop.batch, load_model=self.ctx.load_model,
                         lr=float(loop.optimizer.param_groups[0]["lr"]), model_spec=self.ctx.model_spec,
+                        kept_steps=self.ctx.kept_steps,
                     ))
                 finally:
                     model.train()

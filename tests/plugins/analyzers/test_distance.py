@@ -46,8 +46,7 @@ def test_overall_and_per_layer_numbers_by_hand():
 
 
 def test_params_and_plots(tmp_path):
-    with pytest.raises(ValidationError, match="to"):
-        Distance.Params()
+    assert Distance.Params().to is None  # the analyzed stage's initialization
     theta, ref = net([3.0, 1.0, 2.0, 0.0]), net([1.0, 1.0, 1.0, 0.5])
     analyzer = Distance(Distance.Params(to="init"))
     r = analyzer.analyze(context(theta, blobs(dim=2), {"init": ref}))
@@ -64,6 +63,7 @@ def test_cli_end_to_end(tmp_path):
     analyzers:
       - {name: distance, to: train@init}
       - {name: distance, to: train}
+      - distance
 """)
     result = nnopt("run", str(path), "--json", "--store", str(tmp_path / "store"))
     assert result.exit_code == 0, result.stderr
@@ -71,4 +71,16 @@ def test_cli_end_to_end(tmp_path):
     r, same = probe["results"]["distance"], probe["results"]["distance_2"]
     assert r["to"] == "train@0" and 0 < r["relative"] < 1 and set(r["layers"]) == {"linear1", "output"}
     assert same["distance"] == 0.0
+    # without `to`: the analyzed stage's own step 0
+    assert probe["results"]["distance_3"]["to"] == "train@0" and probe["results"]["distance_3"]["distance"] == r["distance"]
     assert (Path(probe["dir"]) / "plots" / "distance.png").is_file()
+
+
+def test_the_default_reference_needs_the_analyzed_stage_to_keep_step_0(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(TINY_HEAD.format(name="distance-tiny", norm="none").replace("keep: [0, 3, 6]", "keep: [3]") + """\
+  probe: {kind: analyze, from: train, analyzers: [distance]}
+""")
+    result = nnopt("run", str(path), "--json", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1
+    assert "does not keep step 0" in json.loads(result.stdout)["stages"]["probe"]["message"]

@@ -92,6 +92,8 @@ def test_bad_input_is_a_clear_error():
         Surface.Params(trajectory=["a", "b", "c"])
     with pytest.raises(ValidationError, match="trajectory"):
         Surface.Params(directions="pca", trajectory=["a", "b"])
+    with pytest.raises(ValidationError, match="name the stage alone"):
+        Surface.Params(directions="pca", trajectory="train@3")
     with pytest.raises(ValidationError):
         Surface.Params(x={"start": 0, "stop": 1})
     data = blobs(dtype=torch.float64)
@@ -117,6 +119,8 @@ def test_cli_end_to_end(tmp_path):
       - {name: surface, x: {start: -1, stop: 1, points: 3}, y: {start: -1, stop: 1, points: 3}, samples: 100}
       - {name: surface, directions: pca, trajectory: [train@0, train@3, train@6], samples: 100,
          x: {start: -1, stop: 1, points: 3}, y: {start: -1, stop: 1, points: 2}}
+      - {name: surface, directions: pca, trajectory: train, samples: 100,
+         x: {start: -1, stop: 1, points: 3}, y: {start: -1, stop: 1, points: 2}}
 """)
     result = nnopt("run", str(path), "--json", "--store", str(tmp_path / "store"))
     assert result.exit_code == 0, result.stderr
@@ -124,5 +128,7 @@ def test_cli_end_to_end(tmp_path):
     r, r2 = probe["results"]["surface"], probe["results"]["surface_2"]
     assert r["samples"] == 100 and len(r["loss"]) == 3 and r["loss"][1][1] == pytest.approx(r["reference_loss"], rel=1e-6)
     assert r2["directions"] == "pca" and len(r2["trajectory"]) == 3
+    # a stage alone: every step it keeps, then its final weights
+    assert [t["ref"] for t in probe["results"]["surface_3"]["trajectory"]] == ["train@0", "train@3", "train@6", "train"]
     plots = Path(probe["dir"]) / "plots"
     assert (plots / "surface_contour.png").is_file() and (plots / "surface_2_surface_3d.png").is_file()
