@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from geometry_helpers import TINY_HEAD, blobs, context, nnopt
