@@ -24,6 +24,7 @@ class _Group(click.Group):
     """Maps the engine's exceptions to exit codes and one-line messages (no tracebacks)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)  # as given: `run --nproc` re-runs the same line under torchrun
         # --debug is accepted anywhere on the line (`nnopt validate f.yaml --debug` too)
         if "--debug" in args:
             ctx.meta["debug"] = True
@@ -139,22 +140,151 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
 @json_option
 @click.option("--no-wait", is_flag=True, help="exit 75 instead of waiting for a stage another run is computing")
 @click.option("--no-progress", is_flag=True, help="no progress bars on stderr")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="train stages data-parallel in N processes on this machine (re-runs this command under "
+                   "torch.distributed.run; for several nodes call torchrun with its rendezvous flags)")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="J",
+              help="run a matrix's combinations in J worker processes (threads divided among them); with ray or "
+                   "slurm: at most J at once")
+@click.option("--shard", default=None, metavar="I/N",
+              help="run only the I-th of N shards of the combinations (1-based, round-robin over the matrix order)")
+@click.option("--executor", type=click.Choice(["local", "ray", "slurm"]), default="local", show_default=True,
+              help="where combinations run: worker processes here, Ray tasks (nnopt[ray]), a Slurm job array (nnopt[slurm])")
+@click.option("--keep-going/--fail-fast", default=True,
+              help="after a combination fails: run the others (default) / start no more; exit 1 either way")
+@click.option("--ray-address", default=None, metavar="ADDR", help="with --executor ray: an existing cluster (default: a local instance)")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="with --ray-address: CPUs (and torch threads) of each task")
+@click.option("--slurm-partition", default=None, metavar="NAME", help="with --executor slurm: the partition")
+@click.option("--slurm-time", type=click.IntRange(min=1), default=60, show_default=True, metavar="MIN",
+              help="with --executor slurm: time limit of each job, minutes")
+@click.option("--slurm-gpus", type=click.IntRange(min=0), default=0, show_default=True, metavar="N", help="with --executor slurm: GPUs per job")
+@click.option("--slurm-cpus", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="with --executor slurm: CPUs (and torch threads) per job")
+@click.option("--slurm-mem", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB", help="with --executor slurm: memory per job")
+@click.option("--slurm-option", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="with --executor slurm: any other sbatch option (account=abc, qos=high)")
+@click.option("--slurm-cluster", type=click.Choice(["auto", "slurm", "local", "debug"]), default="auto", show_default=True,
+              help="with --executor slurm: submitit's cluster (local: the array as processes here, for trying a sweep)")
+@click.option("--slurm-folder", default=None, metavar="DIR", help="with --executor slurm: submitit's job folder (default in the store)")
 def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], store_dir: str | None, as_json: bool,
-        no_wait: bool, no_progress: bool) -> None:
-    """Validate FILE, plan it, and run every stage that is not cached."""
+        no_wait: bool, no_progress: bool, nproc: int | None, **sweep_opts: Any) -> None:
+    """Validate FILE, plan it, and run every stage that is not cached.
+
+    A pipeline with `matrix:` runs a combination at a time, or with --jobs J in J worker
+    processes; --shard I/N runs the I-th of N shards of the combinations (1-based,
+    round-robin over the matrix order); --executor ray|slurm hands them to a Ray cluster or a
+    Slurm job array. Every matrix run ends with a summary table (best first), also written
+    with plots under STORE/sweeps/INVOCATION/."""
     click_ctx = click.get_current_context()
     click_ctx.meta["json"] = as_json
+    sweep = _sweep_options(nproc, **sweep_opts)
+    if nproc is not None and nproc > 1:
+        _relaunch_under_torchrun(nproc, click_ctx.find_root().meta.get("argv", []))
+    from nnopt.core import distributed
     from nnopt.core.invocation import run_pipeline
+    from nnopt.core.loop import INTERRUPT
 
     store = _store(store_dir)
     _require_file(file)
     _share_the_cpu_politely(store)
+    if distributed.launched():  # under torchrun: rank 0 leads, the others compute train stages with it
+        distributed.init()
+        if not distributed.is_main():
+            try:
+                with INTERRUPT.installed():
+                    sys.exit(distributed.follow(file, list(sets), store))
+            finally:
+                distributed.shutdown()
+        click_ctx.call_on_close(distributed.shutdown)
+        click_ctx.call_on_close(lambda: distributed.lead_done(0))
+    click_ctx.with_resource(INTERRUPT.installed())  # Ctrl-C: the training loop stops at a safe point
     show = None if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
     cell = None if as_json else (lambda plan: click.echo(f"{plan.name} {_params_text(plan.params)}", err=True))
-    result = run_pipeline(file, list(sets), store, force=force, redo=redo, wait=not no_wait,
-                          progress=not no_progress and sys.stderr.isatty(), debug=click_ctx.meta.get("debug", False),
-                          on_stage=show, on_cell=cell)
-    _finish(result, as_json)
+    if sweep.default:
+        result = run_pipeline(file, list(sets), store, force=force, redo=redo, wait=not no_wait,
+                              progress=not no_progress and sys.stderr.isatty(), debug=click_ctx.meta.get("debug", False),
+                              on_stage=show, on_cell=cell)
+    else:
+        from nnopt.core.executors import run_sweep
+
+        result = run_sweep(file, list(sets), store, sweep, force=force, redo=redo, wait=not no_wait,
+                           progress=not no_progress and sys.stderr.isatty() and sweep.jobs in (None, 1),
+                           debug=click_ctx.meta.get("debug", False), on_stage=show, on_cell=cell)
+    _finish(result, as_json, _sweep_summary(store, result, sweep))
+
+
+def _relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
+    """``nnopt run --nproc N ...``: the same command line, without ``--nproc``, in N processes
+    under ``torch.distributed.run --standalone`` (one node, a free port), as torchtune's
+    ``tune run`` does; exits with rank 0's exit status (torchrun's own says only "failed")."""
+    import subprocess
+    import tempfile
+
+    from nnopt.core.distributed import EXIT_FILE_ENV
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    with tempfile.TemporaryDirectory(prefix="nnopt-nproc-") as tmp:
+        exit_file = os.path.join(tmp, "rank0.exit")
+        env = {**os.environ, EXIT_FILE_ENV: exit_file}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "nnopt", *rest]
+        try:
+            code = subprocess.run(cmd, env=env).returncode
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        if os.path.isfile(exit_file):
+            with open(exit_file) as f:
+                code = int(f.read().strip() or code)
+    sys.exit(code)
+
+
+def _sweep_options(nproc: int | None, **given: Any):
+    """The sweep options of ``run`` (``executors.SweepOptions``); a bad one is a usage error (exit 2)."""
+    from nnopt.core.executors import SweepOptions, parse_shard
+
+    shard = None
+    if given["shard"] is not None:
+        try:
+            shard = parse_shard(given["shard"])
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="'--shard'") from None
+    extra = {}
+    for item in given["slurm_options"]:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="'--slurm-option'")
+        extra[key.strip()] = value
+    options = SweepOptions(jobs=given["jobs"], shard=shard, executor=given["executor"], fail_fast=not given["keep_going"],
+                           ray_address=given["ray_address"], ray_cpus=given["ray_cpus"],
+                           slurm_partition=given["slurm_partition"], slurm_time=given["slurm_time"],
+                           slurm_gpus=given["slurm_gpus"], slurm_cpus=given["slurm_cpus"], slurm_mem_gb=given["slurm_mem"],
+                           slurm_cluster=given["slurm_cluster"], slurm_folder=given["slurm_folder"], slurm_extra=extra)
+    ctx = click.get_current_context()
+    for name, value in given.items():  # an executor's option given for another executor is a mistake to say
+        prefix = name.split("_", 1)[0]
+        if prefix in ("ray", "slurm") and options.executor != prefix and \
+                ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--{name.replace('_', '-').replace('slurm-options', 'slurm-option')} is an option of "
+                                   f"--executor {prefix}")
+    if nproc is not None and nproc > 1 and not options.default:
+        raise click.UsageError("--nproc (data-parallel training) does not combine with --jobs, --shard, --executor or --fail-fast")
+    return options
+
+
+def _sweep_summary(store, result, sweep) -> Any:
+    """After a matrix run: its summary table and plots written to the store (``sweep_summary``)."""
+    from nnopt.core.sweep_summary import is_sweep, records_of, write_summary
+
+    records = records_of(result.reports)
+    return write_summary(store, records) if records and is_sweep(records) else None
 
 
 def _share_the_cpu_politely(store) -> None:
@@ -175,15 +305,20 @@ def _require_file(file: str) -> None:
         raise SpecError([Diagnostic(Location(file), "", "no such pipeline file")])
 
 
-def _finish(result, as_json: bool) -> None:
+def _finish(result, as_json: bool, summary=None) -> None:
     if as_json:
-        click.echo(json.dumps(result.to_json()))
+        out = result.to_json()
+        if summary is not None:  # a matrix run: where its summary table and plots are (sweep_summary)
+            out = {**out, "sweep": summary.to_json()}
+        click.echo(json.dumps(out))
     else:
         # the stage lines went to stderr as each stage finished; stdout says where results are
         for r in result.reports:
             click.echo(f"{r.pipeline} {_params_text(r.params)}run {r.run}: {r.status}")
             for s in r.stages:
                 click.echo(f"  {s.id:<14} {s.status:<8} {s.dir or s.message or ''}")
+        if summary is not None:
+            click.echo(f"\n{summary.table.markdown()}\n(written to {summary.dir})")
     from nnopt.core.gc_policy import freeze_survivors
 
     freeze_survivors()  # interpreter exit would otherwise walk every object once more
@@ -401,7 +536,22 @@ def entry() -> None:
     from nnopt.core.gc_policy import hold_during_startup
 
     hold_during_startup()  # the imports' objects live as long as the process: no point walking them
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        if _record_rank0_exit(done.code):
+            raise SystemExit(0) from None  # the launcher exits with it: no "ChildFailedError" report from torchrun
+        raise
+
+
+def _record_rank0_exit(code: Any) -> bool:
+    """Under ``run --nproc``: rank 0 tells the launcher its exit status (True: told)."""
+    path = os.environ.get("NNOPT_RANK0_EXIT_FILE")  # distributed.EXIT_FILE_ENV, without importing it
+    if not path or os.environ.get("RANK", "0") != "0":
+        return False
+    with open(path, "w") as f:
+        f.write(str(code if isinstance(code, int) else (0 if code is None else 1)))
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

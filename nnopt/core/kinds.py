@@ -358,12 +358,15 @@ class Kernel(Component):
     ``(n1, n2, O, O)`` for a full kernel over O outputs, or ``(n1,)`` for a diagonal), as a
     dict: an empirical NTK returns ``{"ntk": Θ}``, an analytic one ``{"ntk": Θ, "nngp": K}``.
     ``x2=None`` means x2 = x1 (the symmetric case, which implementations may exploit).
+    ``progress(done, total)``, when given, is called as blocks of the matrix are finished
+    (the caller shows a progress bar); a kernel computed in one go may ignore it.
     """
 
     kind: ClassVar[str] = "kernels"
 
     def compute(
-        self, x1: "torch.Tensor", x2: "torch.Tensor | None", source: KernelSource
+        self, x1: "torch.Tensor", x2: "torch.Tensor | None", source: KernelSource,
+        progress: "Callable[[int, int], None] | None" = None,
     ) -> "dict[str, torch.Tensor]":
         raise NotImplementedError(f"{type(self).__name__}.compute")
 

@@ -252,6 +252,12 @@ def _invocation_view(store: Store, runs: list[dict[str, Any]]) -> tuple[str, dic
              f"{_when(data['started'])}  {len(runs)} run{'s' if len(runs) != 1 else ''}", f"file {data['file']}"]
     for text, _ in views:
         lines += text
+    from .sweep_summary import is_sweep, summarize
+
+    if is_sweep(runs):  # a matrix: its summary table, as `nnopt run` printed it
+        table = summarize(store, runs)
+        data["summary"] = table.to_json()
+        lines += ["", table.markdown()]
     return "\n".join(lines), data
 
 

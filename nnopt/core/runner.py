@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import distributed
 from .errors import StageError
 from .gc_policy import freeze_survivors
 from .planner import Plan, PlannedStage
@@ -176,6 +177,11 @@ def _with_dependents(plan: Plan, redo: set[str]) -> set[str]:
 
 def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport], forced: bool, wait: bool,
                progress: bool, argv: list[str], debug: bool) -> StageReport:
+    from .loop import INTERRUPT
+
+    if INTERRUPT.requested:  # a Ctrl-C came as the previous stage ended: stop before the next one
+        INTERRUPT.requested = False
+        raise KeyboardInterrupt
     blocked = [d for d in st.deps if done[d].status not in OK]
     settled = all(done[d].status == "diverged" or done[d].after_divergence for d in blocked)
     if blocked and not (settled and st.cls.runs_after_divergence):
@@ -212,17 +218,15 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     from .planner import resolve_device
     from .progress import StageProgress
 
-    device = torch.device(resolve_device(plan.device))
+    device = distributed.local_device(torch.device(resolve_device(plan.device)))
+    if distributed.active() and getattr(st.cls, "data_parallel", False):  # the other ranks compute it with us
+        distributed.lead_compute(st.key, resume)
     freeze_survivors()  # the engine's and torch's objects outlive every stage: collections skip them
     determinism = _seed_everything(st.seed, device)
+    if distributed.active():  # like the thread count, the process count changes rounding: recorded
+        determinism["world_size"] = distributed.world_size()
     workdir = store.workdir(st.key, resume)
-    weights = {}
-    for text, ref in st.weights.items():
-        # the weights a stage starts `from` go into the stage's own model (it may change,
-        # say, the activation); other references are read with the model that made them
-        model = st.model if st.spec.from_ is not None and text == str(st.spec.from_) else plan.stage(ref.stage).model
-        stage_dir = store.stage_dir(plan.stage(ref.stage).key)
-        weights[text] = ResolvedWeights(stage_dir / weights_file(ref.step), model, stage_dir / MASKS_FILE)
+    weights = _resolved_weights(plan, st, store)
     ctx = StageContext(st.id, st.spec, st.seed, device, workdir, st.data, st.model, st.loss, weights,
                        progress=lambda total, desc: StageProgress(total, desc, enabled=progress))
     start_wall, t0 = time.time(), time.perf_counter()
@@ -260,6 +264,48 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     final = store.commit(workdir, st.key, manifest)
     return StageReport(st.id, "diverged" if status == "diverged" else "ran", st.key, str(final), seconds,
                        json_safe(outcome.metrics), json_safe(outcome.results), outcome.message)
+
+
+def _resolved_weights(plan: Plan, st: PlannedStage, store: Store) -> dict[str, ResolvedWeights]:
+    weights = {}
+    for text, ref in st.weights.items():
+        # the weights a stage starts `from` go into the stage's own model (it may change,
+        # say, the activation); other references are read with the model that made them
+        model = st.model if st.spec.from_ is not None and text == str(st.spec.from_) else plan.stage(ref.stage).model
+        stage_dir = store.stage_dir(plan.stage(ref.stage).key)
+        weights[text] = ResolvedWeights(stage_dir / weights_file(ref.step), model, stage_dir / MASKS_FILE)
+    # every step a referenced stage keeps is readable too (``STAGE@N``, ``ctx.kept_steps``): the
+    # stage's key, already in this one's, covers all its kept weights (an analyzer following a
+    # whole trajectory names the stage once)
+    for stage_id in dict.fromkeys(ref.stage for ref in st.weights.values()):
+        dep = plan.stage(stage_id)
+        stage_dir = store.stage_dir(dep.key)
+        for step in sorted(dep.cls(dep.spec).kept_steps()):
+            weights.setdefault(f"{stage_id}@{step}", ResolvedWeights(stage_dir / weights_file(step), dep.model,
+                                                                     stage_dir / MASKS_FILE))
+    return weights
+
+
+def compute_replica(plan: Plan, st: PlannedStage, store: Store) -> None:
+    """A rank > 0 of a torchrun run: compute the data-parallel stage ``st`` with rank 0 (its
+    collectives pair with rank 0's), seeded alike, writing nothing: rank 0 commits the stage
+    (``core.distributed``). A stage error is rank 0's to report."""
+    import torch
+
+    from .planner import resolve_device
+
+    device = distributed.local_device(torch.device(resolve_device(plan.device)))
+    _seed_everything(st.seed, device)
+    scratch = distributed.scratch_dir()
+    ctx = distributed.ReplicaContext(st.id, st.spec, st.seed, device, scratch, st.data, st.model, st.loss,
+                                     _resolved_weights(plan, st, store))
+    try:
+        st.cls(st.spec).run(ctx)
+    except Exception:  # noqa: BLE001 - rank 0 meets the same error, reports it and goes on: so does this rank
+        pass
+    finally:
+        ctx.close()
+        distributed.discard_scratch(scratch)
 
 
 def _seed_everything(seed: int, device: "Any") -> dict[str, Any]:

@@ -136,6 +136,18 @@ class Erf(_Elementwise):
     module = _ErfModule
 
 
+class _AbsModule(nn.Module):
+    def forward(self, x):  # noqa: D102 - φ(x) = |x|
+        return x.abs()
+
+
+class Abs(_Elementwise):
+    """φ(x) = |x| = relu(x) + relu(−x), an activation with a closed-form arc-cosine dual
+    (Cho & Saul 2009's degree-1 kernel, doubled and shifted; used by neural-tangents' ``stax.Abs``)."""
+
+    module = _AbsModule
+
+
 class _SquareModule(nn.Module):
     def forward(self, x):  # noqa: D102 - φ(x) = x²
         return x * x

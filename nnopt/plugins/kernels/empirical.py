@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import Field
 
@@ -104,7 +104,8 @@ class EmpiricalNTK(Kernel):
     method_used: str | None = None
     block_used: int | None = None
 
-    def compute(self, x1: "torch.Tensor", x2: "torch.Tensor | None", source: KernelSource) -> dict[str, "torch.Tensor"]:
+    def compute(self, x1: "torch.Tensor", x2: "torch.Tensor | None", source: KernelSource,
+                progress: "Callable[[int, int], None] | None" = None) -> dict[str, "torch.Tensor"]:
         import torch
 
         p = self.params
@@ -137,7 +138,7 @@ class EmpiricalNTK(Kernel):
             diag = torch.cat([method.diagonal(method.features(x1[s : s + block])) for s in range(0, n1, block)])
             return {"ntk": self._reduce(diag)}
         outdiag = p.output != "full"
-        theta = blocked_kernel(method, x1, x2, block, outdiag)
+        theta = blocked_kernel(method, x1, x2, block, outdiag, progress)
         if p.output == "trace":
             theta = self._reduce(theta)
         return {"ntk": theta}
@@ -190,10 +191,11 @@ def choose_block(method: NTKMethod, n: int, budget: int) -> int:
 
 
 def blocked_kernel(method: NTKMethod, x1: "torch.Tensor", x2: "torch.Tensor | None", block: int,
-                   outdiag: bool) -> "torch.Tensor":
+                   outdiag: bool, progress: "Callable[[int, int], None] | None" = None) -> "torch.Tensor":
     """Θ(x1, x2) assembled from (block × block) pieces: (n1, n2, O, O), or (n1, n2, O) with
     ``outdiag``. For x2 None only the pieces on and above the diagonal are computed, the
-    others are their transposes (Θ(x', x)_{ro} = Θ(x, x')_{or})."""
+    others are their transposes (Θ(x', x)_{ro} = Θ(x, x')_{or}). ``progress(done, total)``
+    is told of each piece finished."""
     import torch
 
     symmetric = x2 is None
@@ -213,6 +215,8 @@ def blocked_kernel(method: NTKMethod, x1: "torch.Tensor", x2: "torch.Tensor | No
             cache[s] = f
         return f
 
+    total = sum(1 for a in starts1 for b in starts2 if not (symmetric and b < a))
+    done = 0
     for s1 in starts1:
         f1 = feats(cache1, x1, s1)
         if not method.cache_features:
@@ -229,6 +233,9 @@ def blocked_kernel(method: NTKMethod, x1: "torch.Tensor", x2: "torch.Tensor | No
             out[s1:e1, s2:e2] = piece
             if symmetric and s2 != s1:
                 out[s2:e2, s1:e1] = piece.transpose(0, 1) if outdiag else piece.permute(1, 0, 3, 2)
+            done += 1
+            if progress is not None:
+                progress(done, total)
     if symmetric:  # exact symmetry (the diagonal pieces are symmetric only up to rounding)
         out = 0.5 * (out + (out.transpose(0, 1) if outdiag else out.permute(1, 0, 3, 2)))
     return out

@@ -3,7 +3,6 @@ gradient flow on the mean squared error, in closed form from its kernel."""
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -169,9 +168,6 @@ class NTKRegression(Stage):
 
     def _compute(self, ctx: StageContext, kernel: Any, x1: Any, x2: Any, source: KernelSource,
                  what: str) -> dict[str, "torch.Tensor"]:
-        takes_progress = "progress" in inspect.signature(kernel.compute).parameters
-        if not takes_progress:
-            return kernel.compute(x1, x2, source)
         bars: list[Any] = []  # opened at the first report, when the kernel knows its number of blocks
 
         def progress(done: int, total: int) -> None:
