@@ -26,6 +26,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`-n`, the default: pyproject's addopts) each worker is one of several
+# processes computing at once: give each its share of the cores before torch loads (its
+# subprocesses inherit it), or their OpenMP teams outnumber the cores and every test slows
+# down many times over (nnopt.core.cpu_share). A value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_PLUGINS = REPO / "tests" / "fixtures" / "plugins"
 

@@ -27,8 +27,14 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("claims") / "store"
 
 
+def _grouped(claim):
+    """Claims reading one pipeline run in one xdist worker (``--dist loadgroup``), which
+    computes it once; the others spread over the workers."""
+    return pytest.param(claim, marks=pytest.mark.xdist_group(claim.pipeline.stem), id=claim.name)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
+@pytest.mark.parametrize("claim", [_grouped(c) for c in CLAIMS])
 def test_the_claim_holds(claim, store):
     finding = claim.run(store)
     assert finding.holds, f"{claim.claim} — measured: {finding.measured}"

@@ -35,8 +35,9 @@ class InterpolateParams(Params):
     metric: Metric = Field("train_loss", description="the curve the monotonicity summary is about")
     tolerance: float = Field(1e-4, ge=0.0, description="`is_monotone` when the largest bump on α ∈ [0, 1] is at "
                              "most this (absolute, in the metric's units)")
-    method: Literal["vmap", "loop"] = Field("vmap", description="`vmap`: α values evaluated in chunks by vmap "
-                                            "over stacked weights; `loop`: load_state_dict per α")
+    method: Literal["auto", "vmap", "loop"] = Field("auto", description="`vmap`: α values evaluated in chunks by "
+                                                    "vmap over stacked weights; `loop`: load_state_dict per α; "
+                                                    "`auto`: vmap on a GPU, loop on a CPU (see surface)")
     chunk: int = Field(16, ge=1, le=4096, description="α values per vmap call")
     batch_size: int = Field(1024, ge=1, description="examples per forward pass")
 

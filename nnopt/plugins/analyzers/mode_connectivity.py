@@ -43,8 +43,9 @@ class ModeConnectivityParams(Params):
     split: Literal["train", "test"] = Field("train", description="the split the barriers are measured on")
     samples: int | None = Field(None, ge=1, description="at most this many examples of each split for the "
                                 "evaluation (a seeded subset); None: all")
-    method: Literal["vmap", "loop"] = Field("vmap", description="evaluation with vmap over stacked weights, or one "
-                                            "point at a time (bn: recompute is always one at a time)")
+    method: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="evaluation with vmap over stacked weights, or one point at a time (bn: recompute is always "
+        "one at a time); `auto`: vmap on a GPU, loop on a CPU (see surface)")
 
 
 def bezier(a: dict, bend: dict, b: dict, t: float) -> dict:

@@ -95,7 +95,7 @@ def test_bn_recompute_re_estimates_the_statistics_at_every_t(monkeypatch):
         h = a[0](data.x_train)
     torch.testing.assert_close(seen[0], h.mean(0))
     r_eval = run({"a": a, "b": b}, data, steps=5, points=3, bn="eval")
-    assert r_eval["method"] == "vmap" and r_eval["line"]["train_loss"][0] != r["line"]["train_loss"][0]
+    assert r_eval["method"] == "loop" and r_eval["line"]["train_loss"][0] != r["line"]["train_loss"][0]
 
 
 def test_plot(tmp_path):
@@ -121,5 +121,5 @@ def test_cli_end_to_end(tmp_path):
     probe = json.loads(result.stdout)["stages"]["probe"]
     r, r2 = probe["results"]["mode_connectivity"], probe["results"]["mode_connectivity_2"]
     assert r["bn"] == "recompute" and r["t"] == [0.0, 0.5, 1.0] and r["training"]["steps"] == 4
-    assert r2["curve_kind"] == "polychain" and r2["metric"] == "error" and r2["method"] == "vmap"
+    assert r2["curve_kind"] == "polychain" and r2["metric"] == "error" and r2["method"] == "loop"
     assert (Path(probe["dir"]) / "plots" / "mode_connectivity.png").is_file()

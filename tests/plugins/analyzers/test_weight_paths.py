@@ -88,3 +88,11 @@ def test_recompute_mode_evaluates_one_point_at_a_time_with_fresh_statistics():
         expected = F.cross_entropy(probe.eval()(data.x_train), data.y_train).item()
     assert got["loss"][1] == pytest.approx(expected, rel=1e-12)
     torch.testing.assert_close(model.state_dict()["1.running_mean"], a["1.running_mean"])  # restored
+
+
+def test_auto_evaluates_one_point_at_a_time_on_a_cpu_and_batches_on_a_gpu():
+    data = blobs(n_train=8, dtype=torch.float64)
+    splits = {"train": (data.x_train, data.y_train)}
+    assert PointEvaluator(mlp(0), F.cross_entropy, splits, True).method == "loop"
+    if torch.cuda.is_available():  # GPU paths run on CPU too; this one only where there is a GPU
+        assert PointEvaluator(mlp(0).cuda(), F.cross_entropy, splits, True).method == "vmap"
