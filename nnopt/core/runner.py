@@ -219,7 +219,7 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     from .progress import StageProgress
 
     device = distributed.local_device(torch.device(resolve_device(plan.device)))
-    if distributed.active() and getattr(st.cls, "data_parallel", False):  # the other ranks compute it with us
+    if distributed.active() and st.cls.data_parallel:  # the other ranks compute it with us
         distributed.lead_compute(st.key, resume)
     freeze_survivors()  # the engine's and torch's objects outlive every stage: collections skip them
     determinism = _seed_everything(st.seed, device)

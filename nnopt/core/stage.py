@@ -70,6 +70,10 @@ class Stage(Component):
     #: nothing). Such a stage reads each dependency's outcome with ``ctx.stage_status(ref)``.
     #: A dependency that *failed* still blocks it.
     runs_after_divergence: ClassVar[bool] = False
+    #: whether, under torchrun, every rank computes the stage with rank 0 (``train``: each rank
+    #: a shard of every batch, ``core.distributed``); otherwise rank 0 computes it alone while
+    #: the others wait
+    data_parallel: ClassVar[bool] = False
 
     def kept_steps(self) -> set[int]:
         """Steps N whose weights this stage keeps, so that ``STAGE@N`` may refer to them."""
