@@ -22,6 +22,8 @@ from nnopt.core.kinds import (
     Dataset,
     DatasetParams,
     Initializer,
+    Kernel,
+    KernelSource,
     Loss,
     Normalizer,
     Optimizer,
@@ -33,7 +35,7 @@ from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
 
 __all__ = [
     "Activation", "AnalysisContext", "Analyzer", "Architecture", "Component", "ComponentRef",
-    "DataSplit", "Dataset", "DatasetParams", "Initializer", "Loss", "ModelSpec", "NoParams",
+    "DataSplit", "Dataset", "DatasetParams", "Initializer", "Kernel", "KernelSource", "Loss", "ModelSpec", "NoParams",
     "Normalizer", "Optimizer", "Params", "Pruner", "Schedule", "Stage", "StageContext", "StageOutcome",
     "StageSpec", "TrackRef", "WeightRef", "ref_type",
 ]
