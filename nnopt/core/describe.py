@@ -13,7 +13,6 @@ from pydantic_core import PydanticUndefined
 from .component import ComponentRef, WeightRef
 from .model_spec import ModelSpec
 from .registry import Registry, singular
-from .spec import NAME_PATTERN, STAGE_ID_PATTERN, PipelineSpec
 
 
 def _type_name(annotation: Any) -> str:
@@ -101,53 +100,12 @@ def describe_component(registry: Registry, kind: str, name: str) -> str:
 
 
 def pipeline_schema(registry: Registry) -> dict[str, Any]:
-    """JSON Schema of a pipeline file; each stage validated against its kind's own schema."""
-    schema = PipelineSpec.model_json_schema()
-    variants = []
-    for entry in registry.entries("stages"):
-        try:
-            cls, _ = registry.load("stages", entry.name)
-        except Exception:  # a broken plugin stays out of the schema
-            continue
-        stage_schema = cls.Params.model_json_schema()
-        stage_schema.setdefault("properties", {})["kind"] = {"const": entry.name}
-        defs = stage_schema.pop("$defs", {})
-        schema.setdefault("$defs", {}).update(defs)
-        variants.append(stage_schema)
-    if variants:
-        schema["properties"]["stages"]["additionalProperties"] = {"oneOf": variants}
-    _flatten_refs(schema, registry)
-    props = schema["properties"]
-    # what the validators check by code, said in the schema's own terms for editors
-    props["name"].update({"type": "string", "pattern": NAME_PATTERN})
-    props["device"].update({"type": "string", "pattern": r"^(auto|cpu|cuda(:[0-9]+)?)$"})
-    props["stages"].update({"minProperties": 1, "propertyNames": {"pattern": STAGE_ID_PATTERN}})
-    schema["patternProperties"] = {"^x-": {}}  # anchors for reuse, ignored by nnopt
-    schema["title"] = "nnopt pipeline"
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    """JSON Schema of a pipeline file, every component's params spelled out (``core.schema``),
+    from the cache when the installed code has not changed since (``core.schema_cache``)."""
+    from .schema import pipeline_schema as generate
+    from .schema_cache import cached_schema
 
-
-def _flatten_refs(schema: dict[str, Any], registry: Registry) -> None:
-    """A component is written ``name`` or ``{name: ..., <params>}`` in YAML, not as the
-    ``{name, params}`` model that parses it: describe the YAML form, with the registered names."""
-    from .component import _REF_TYPES, TrackRef
-
-    by_title = {cls.__name__: cls for cls in [*_REF_TYPES.values(), TrackRef]}
-    for title, definition in schema.get("$defs", {}).items():
-        if title == "WeightRef":
-            definition.clear()
-            definition.update({"title": title, "type": "string", "pattern": r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(@(init|[0-9]+))?$",
-                               "description": "STAGE, STAGE@N or STAGE@init"})
-            continue
-        cls = by_title.get(title)
-        if cls is None:
-            continue
-        names = {"type": "string", "enum": registry.names(cls.kind)}
-        mapping = {"type": "object", "properties": {"name": names}, "required": ["name"], "additionalProperties": True}
-        if cls is TrackRef:
-            mapping["properties"]["every"] = {"type": "integer", "minimum": 1}
-        definition.clear()
-        definition.update({"title": title, "anyOf": [names, mapping]})
+    return cached_schema(registry, generate)
 
 
 # --------------------------------------------------------------------------- schedule plots
