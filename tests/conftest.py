@@ -41,13 +41,17 @@ FIXTURE_PLUGINS = REPO / "tests" / "fixtures" / "plugins"
 def _private_cpu_share_registry(tmp_path_factory: pytest.TempPathFactory):
     """The suite's nnopt runs share the CPU among themselves only: another test session on
     the machine must not change this one's thread counts (which can change result bits)."""
-    old = os.environ.get("NNOPT_RUNTIME_DIR")
-    os.environ["NNOPT_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("nnopt-runtime"))
+    # ... and the schema cache (``core.schema_cache``) of the suite is its own, not the user's
+    private = {"NNOPT_RUNTIME_DIR": tmp_path_factory.mktemp("nnopt-runtime"),
+               "XDG_CACHE_HOME": tmp_path_factory.mktemp("xdg-cache")}
+    old = {name: os.environ.get(name) for name in private}
+    os.environ.update({name: str(path) for name, path in private.items()})
     yield
-    if old is None:
-        os.environ.pop("NNOPT_RUNTIME_DIR", None)
-    else:
-        os.environ["NNOPT_RUNTIME_DIR"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @dataclass
