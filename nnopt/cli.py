@@ -140,6 +140,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
 @json_option
 @click.option("--no-wait", is_flag=True, help="exit 75 instead of waiting for a stage another run is computing")
 @click.option("--no-progress", is_flag=True, help="no progress bars on stderr")
+@click.option("--track", "track", multiple=True, metavar="NAME",
+              help="also stream metrics to tracker NAME (jsonl, tensorboard, mlflow; repeatable); changes no cache key")
 @click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
               help="train stages data-parallel in N processes on this machine (re-runs this command under "
                    "torch.distributed.run; for several nodes call torchrun with its rendezvous flags)")
@@ -168,7 +170,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
               help="with --executor slurm: submitit's cluster (local: the array as processes here, for trying a sweep)")
 @click.option("--slurm-folder", default=None, metavar="DIR", help="with --executor slurm: submitit's job folder (default in the store)")
 def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], store_dir: str | None, as_json: bool,
-        no_wait: bool, no_progress: bool, nproc: int | None, **sweep_opts: Any) -> None:
+        no_wait: bool, no_progress: bool, nproc: int | None, track: tuple[str, ...] = (), **sweep_opts: Any) -> None:
     """Validate FILE, plan it, and run every stage that is not cached.
 
     A pipeline with `matrix:` runs a combination at a time, or with --jobs J in J worker
@@ -201,10 +203,16 @@ def run(file: str, sets: tuple[str, ...], force: bool, redo: tuple[str, ...], st
     click_ctx.with_resource(INTERRUPT.installed())  # Ctrl-C: the training loop stops at a safe point
     show = None if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
     cell = None if as_json else (lambda plan: click.echo(f"{plan.name} {_params_text(plan.params)}", err=True))
+    if track and not sweep.default:
+        raise click.UsageError("--track does not combine with --jobs, --shard or --executor (name the trackers in the "
+                               "file's trackers: instead)")
+    from nnopt.core.trackers import track_refs
+
+    track_list = track_refs(track)  # an unknown tracker or a missing extra: exit 2 before anything runs
     if sweep.default:
         result = run_pipeline(file, list(sets), store, force=force, redo=redo, wait=not no_wait,
                               progress=not no_progress and sys.stderr.isatty(), debug=click_ctx.meta.get("debug", False),
-                              on_stage=show, on_cell=cell)
+                              on_stage=show, on_cell=cell, track=track_list)
     else:
         from nnopt.core.executors import run_sweep
 
@@ -469,6 +477,26 @@ def schema() -> None:
     from nnopt.core.registry import Registry
 
     click.echo(json.dumps(pipeline_schema(Registry()), indent=2))
+
+
+@main.command(name="new-plugin")
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="a kind to give an example component (repeatable; default: optimizers and analyzers)")
+@click.option("--dir", "parent", default=".", show_default=True, metavar="DIR", help="where the plugin's directory is created")
+def new_plugin(name: str, kinds: tuple[str, ...], parent: str) -> None:
+    """Scaffold a plugin distribution NAME in DIR/NAME: pyproject.toml with entry points, one
+    working example component per --kind, an example pipeline.yaml, a test running it
+    through the nnopt CLI, and a README. An existing DIR/NAME is never overwritten."""
+    from nnopt.scaffold.names import ScaffoldError
+    from nnopt.scaffold.writer import scaffold
+
+    try:
+        path = scaffold(name, kinds, parent)
+    except ScaffoldError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_SPEC)
+    click.echo(f"wrote {path}: pip install -e {path} && (cd {path} && pytest)")
 
 
 # ---------------------------------------------------------------------------------- store

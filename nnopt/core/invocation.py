@@ -50,12 +50,14 @@ def run_pipeline(
     on_stage: Callable[[Any], None] | None = None,
     on_cell: Callable[[Any], None] | None = None,
     registry: Registry | None = None,
+    track: list[Any] = (),
 ) -> Invocation:
     """Run ``file`` with ``--set`` overrides ``sets``: everything not cached is computed.
 
     A pipeline whose plan index entry is intact is answered from it (no planning, no torch);
     otherwise it is validated (``SpecError`` on any problem, before anything runs) and each
     matrix cell runs in turn. ``on_cell(plan)`` is called before a cell of a matrix runs.
+    ``track``: resolved ``--track`` trackers (``trackers.track_refs``) besides the file's.
     """
     from . import plan_index
     from .runner import cached_runs
@@ -85,7 +87,7 @@ def run_pipeline(
         if len(plans) > 1 and on_cell:
             on_cell(plan)
         reports.append(run_plan(plan, store, force=force, redo=set(redo), wait=wait, invocation=invocation,
-                                progress=progress, on_stage=on_stage, debug=debug, argv=argv))
+                                progress=progress, on_stage=on_stage, debug=debug, argv=argv, track=list(track)))
     if all(s.status in ("ran", "cached", "diverged") for r in reports for s in r.stages):
         plan_index.save(store, digest, plans)
     return Invocation(plans[0].name, reports)

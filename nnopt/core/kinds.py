@@ -371,6 +371,49 @@ class Kernel(Component):
         raise NotImplementedError(f"{type(self).__name__}.compute")
 
 
+# --------------------------------------------------------------------------- trackers
+@dataclass
+class RunInfo:
+    """The run a tracker exports: pipeline name, run id (``nnopt runs`` names it), the matrix
+    combination's values (``params``: dotted path -> value, ``{}`` outside a matrix), the
+    pipeline file, the store's root (a tracker's default place for its files) and the id of
+    the invocation shared by the runs of one command."""
+
+    pipeline: str
+    run: str
+    params: dict[str, Any]
+    file: str
+    store: Path
+    invocation: str = ""
+
+
+class Tracker(Component):
+    """Kind ``trackers``: exports a run's metrics, live, to an experiment tracker.
+
+    The engine calls ``start_run`` once before the first stage computes, ``log(stage_id,
+    record)`` for every line a stage logs (the ``metrics.jsonl`` record, JSON-safe: NaN as
+    "nan"), as it is logged, and ``end_run(status)`` once at the end (``ok``, ``diverged``,
+    ``failed`` or ``interrupted``). A tracker never changes a result: its params are in no
+    stage's key. An exception it raises is reported once and the tracker is turned off for
+    the rest of the run; the run goes on. ``check`` runs before anything else: raise
+    ``PluginError`` there for what makes the tracker unusable here (a missing extra).
+    """
+
+    kind: ClassVar[str] = "trackers"
+
+    def check(self) -> None:
+        """Raise ``PluginError`` if this tracker cannot work here (default: it can)."""
+
+    def start_run(self, run: RunInfo) -> None:
+        """Open the run (a writer, a tracker run)."""
+
+    def log(self, stage_id: str, record: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.log")
+
+    def end_run(self, status: str) -> None:
+        """Close the run, marking how it ended."""
+
+
 __all__ = [
     "Activation",
     "AnalysisContext",
@@ -388,5 +431,7 @@ __all__ = [
     "Optimizer",
     "Params",
     "Pruner",
+    "RunInfo",
     "Schedule",
+    "Tracker",
 ]

@@ -67,6 +67,8 @@ class Plan:
     device: str
     stages: list[PlannedStage]
     watched_files: list[str] = field(default_factory=list)
+    #: the file's ``trackers:`` (resolved refs); in no stage's key (core.trackers)
+    trackers: list[Any] = field(default_factory=list)
 
     def stage(self, stage_id: str) -> PlannedStage:
         return next(s for s in self.stages if s.id == stage_id)
@@ -122,7 +124,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         pipeline = None
     raw_stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
     if pipeline is not None:
-        for part in INHERITED:
+        for part in (*INHERITED, "trackers"):
             resolve_components(getattr(pipeline, part), (part,), source, registry, problems)
     # blocks (a stage kind whose `expand` returns stages, e.g. `lottery`) are replaced by the
     # stages they stand for before anything else is checked; errors inside those are located
@@ -192,7 +194,7 @@ def _plan_one(source: Source, params: dict[str, Any], registry: Registry, proble
         st = planned[sid]
         st.key, st.resolved = stage_key(st, {d: planned[d].key for d in st.deps}, resolved_device)
     watched = sorted({f for st in planned.values() for f in _watched(st)})
-    return Plan(pipeline.name, source.name, params, device, [planned[s] for s in order], watched)
+    return Plan(pipeline.name, source.name, params, device, [planned[s] for s in order], watched, pipeline.trackers)
 
 
 def _size_models(stages: list[PlannedStage], model_at: dict[str, Path], device: str, source: Source,

@@ -44,6 +44,7 @@ KINDS = (
     "analyzers",
     "kernels",
     "stages",
+    "trackers",
 )
 GROUP_PREFIX = "nnopt."
 BRIDGE_GROUP = "nnopt.bridges"  # see the module docstring

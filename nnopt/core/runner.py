@@ -138,11 +138,19 @@ def run_plan(
     on_stage: Callable[[StageReport], None] | None = None,
     debug: bool = False,
     invocation: str = "",
+    track: list[Any] = (),
 ) -> RunReport:
-    """Run what is not cached; returns the report (also saved as a run record)."""
+    """Run what is not cached; returns the report (also saved as a run record). The stages
+    that compute stream their metrics to the plan's trackers and those of ``track`` (resolved
+    ``--track`` references: ``trackers.track_refs``)."""
+    from .kinds import RunInfo
+    from .trackers import RunTrackers, merged
+
     argv = argv if argv is not None else sys.argv
     started = time.time()
     report = RunReport(plan.name, new_run_id(plan.name), plan.params, [], invocation)
+    tracking = RunTrackers(merged(getattr(plan, "trackers", []), track),
+                           RunInfo(plan.name, report.run, plan.params, plan.file, store.root, invocation))
     # recorded before anything runs, so that `nnopt gc` in another shell keeps the stages
     # this run has finished and is about to read
     pending = RunReport(report.pipeline, report.run, report.params, [StageReport(s.id, "pending", s.key, "") for s in plan.stages],
@@ -152,7 +160,7 @@ def run_plan(
     redo_all = _with_dependents(plan, redo)
     try:
         for st in plan.stages:
-            rep = _one_stage(plan, st, store, by_id, force or st.id in redo_all, wait, progress, argv, debug)
+            rep = _one_stage(plan, st, store, by_id, force or st.id in redo_all, wait, progress, argv, debug, tracking)
             by_id[st.id] = rep
             report.stages.append(rep)
             if on_stage:
@@ -162,8 +170,10 @@ def run_plan(
         done = {s.id for s in report.stages}
         report.stages += [StageReport(s.id, status, s.key, "") for s in plan.stages if s.id not in done]
         record_run(store, report, plan.file, argv, started, status=status)
+        tracking.end(status)
         raise
     record_run(store, report, plan.file, argv, started)
+    tracking.end(report.status)
     return report
 
 
@@ -176,7 +186,7 @@ def _with_dependents(plan: Plan, redo: set[str]) -> set[str]:
 
 
 def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport], forced: bool, wait: bool,
-               progress: bool, argv: list[str], debug: bool) -> StageReport:
+               progress: bool, argv: list[str], debug: bool, tracking: Any = None) -> StageReport:
     from .loop import INTERRUPT
 
     if INTERRUPT.requested:  # a Ctrl-C came as the previous stage ended: stop before the next one
@@ -198,7 +208,7 @@ def _one_stage(plan, st: PlannedStage, store: Store, done: dict[str, StageReport
                 return stored_report(store, st.id, st.key)
             damage = _damage_message(store, st.key, damaged)
         # a damaged stage is computed afresh, as if forced: nothing of it can be trusted
-        rep = _compute(plan, st, store, progress, argv, debug, resume=not forced and damage is None)
+        rep = _compute(plan, st, store, progress, argv, debug, resume=not forced and damage is None, tracking=tracking)
     if damage:
         rep.message = "; ".join(filter(None, [damage, rep.message]))
     return rep
@@ -212,7 +222,7 @@ def _damage_message(store: Store, key: str, damaged: list[str]) -> str:
 
 
 def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: list[str], debug: bool,
-             resume: bool) -> StageReport:
+             resume: bool, tracking: Any = None) -> StageReport:
     import torch
 
     from .planner import resolve_device
@@ -228,7 +238,8 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     workdir = store.workdir(st.key, resume)
     weights = _resolved_weights(plan, st, store)
     ctx = StageContext(st.id, st.spec, st.seed, device, workdir, st.data, st.model, st.loss, weights,
-                       progress=lambda total, desc: StageProgress(total, desc, enabled=progress))
+                       progress=lambda total, desc: StageProgress(total, desc, enabled=progress),
+                       tracker=tracking.for_stage(st.id) if tracking else None)
     start_wall, t0 = time.time(), time.perf_counter()
     try:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .component import DatasetRef, LossRef
+from .component import DatasetRef, LossRef, ref_type
 from .errors import Diagnostic, Location, did_you_mean
 from .model_spec import ModelSpec
 from .yaml_source import Path, Source, dotted
@@ -78,6 +78,12 @@ class PipelineSpec(BaseModel):
     loss: LossRef | None = None  # type: ignore[valid-type]
     stages: dict[str, dict[str, Any]] = Field(description="ordered mapping: stage id -> stage")
     matrix: dict[str, list[Any]] | None = Field(None, description="dotted path -> values; one pipeline per combination")
+    # where the run's metrics are exported (a name, or {name: ..., <params>}); they are in no
+    # stage's key: exporting a run elsewhere must not recompute it (core/keys.py)
+    trackers: list[ref_type("trackers")] = Field(  # type: ignore[valid-type]
+        default_factory=list, json_schema_extra={"affects_results": False},
+        description="experiment trackers the run's metrics stream to, live (jsonl, tensorboard, mlflow); "
+                    "`nnopt run --track NAME` adds one")
 
     @model_validator(mode="before")
     @classmethod

@@ -146,6 +146,7 @@ class StageContext:
         loss: LossRef | None = None,  # type: ignore[valid-type]
         weights: dict[str, ResolvedWeights] | None = None,
         progress: Callable[..., "StageProgress"] | None = None,
+        tracker: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.stage_id = stage_id
         self.spec = spec
@@ -157,6 +158,7 @@ class StageContext:
         self.loss_ref = loss
         self._weights = weights or {}
         self._progress = progress
+        self._tracker = tracker  # the run's trackers (core.trackers), fed every logged record
         self._data: DataSplit | None = None
         self._metrics_file = None
 
@@ -300,10 +302,14 @@ class StageContext:
         return path
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one line to ``metrics.jsonl`` (non-finite numbers written as strings)."""
+        """Append one line to ``metrics.jsonl`` (non-finite numbers written as strings), and
+        hand the same record to the run's trackers as it is logged (``core.trackers``)."""
         if self._metrics_file is None:
             self._metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self._metrics_file.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+        safe = json_safe(record)
+        self._metrics_file.write(json.dumps(safe, sort_keys=True) + "\n")
+        if self._tracker is not None:
+            self._tracker(safe)
 
     # ---------------------------------------------------------------- resumption
     def save_checkpoint(self, state: dict[str, Any]) -> None:
