@@ -549,14 +549,17 @@ def gc(store_dir: str | None, keep_last: int | None, dry_run: bool) -> None:
 
 
 @main.command()
-@click.argument("ref", default="latest")
+@click.argument("refs", nargs=-1, metavar="[REF]...")
 @store_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the HTML (default: in the store)")
-def report(ref: str, store_dir: str | None, output: str | None) -> None:
-    """Write an HTML report of a run (or of the latest run of a pipeline FILE)."""
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the report (default: in the store)")
+@click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
+              help="one self-contained HTML file, or Markdown with its PNGs beside it")
+def report(refs: tuple[str, ...], store_dir: str | None, output: str | None, fmt: str) -> None:
+    """Write a report of runs: a run id, a sweep (invocation) id, a pipeline name or FILE
+    (its latest invocation), or latest (the default); several REFs are compared."""
     from nnopt.core.report import write_report
 
-    click.echo(write_report(_store(store_dir), ref, Path(output) if output else None))
+    click.echo(write_report(_store(store_dir), list(refs) or ["latest"], Path(output) if output else None, fmt))
 
 
 def entry() -> None:

@@ -1,21 +1,28 @@
-"""``nnopt report``: one self-contained HTML page with a run's metrics and plots."""
+"""``nnopt report REF...``: one self-contained HTML page (or Markdown with PNGs) of runs.
+
+REF is a run id, an invocation (sweep) id, a pipeline name or file (its latest invocation),
+or ``latest``. One run reads as a lab notebook (``report_sections.run_blocks``); a sweep, or
+several REFs, first compares the runs (a sortable table, overlaid learning curves, metrics
+against swept values) and then shows each run. Rendering is ``report_render``'s.
+"""
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .lookup import _not_found, find_run
-from .store import Store, atomic_write_text, read_json
+from .lookup import _not_found, find_runs
+from .report_render import to_html, to_markdown
+from .report_sections import comparison_blocks, run_blocks
+from .store import Store, atomic_write_text
+
+FORMATS = ("html", "md")
 
 
 def _runs_for(store: Store, ref: str) -> list[dict[str, Any]]:
-    """The runs to report: a run id's run, or all the runs (matrix combinations) of the
-    latest `nnopt run` of a pipeline file."""
+    """The runs a REF names: a run id's run; an invocation's, a pipeline name's or a pipeline
+    file's latest invocation's runs (its matrix combinations)."""
     if Path(ref).is_file():
         path = os.path.abspath(ref)
         runs = [r for r in store.runs() if r.get("file") == path]
@@ -23,56 +30,56 @@ def _runs_for(store: Store, ref: str) -> list[dict[str, Any]]:
             raise _not_found(ref, f"no run of {ref} in the store {store.root}; run it first")
         latest = runs[-1].get("invocation")
         return [r for r in runs if latest and r.get("invocation") == latest] or runs[-1:]
-    return [find_run(store, ref)]
+    return find_runs(store, ref, shown=ref)[1]
 
 
-def _table(values: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(f'{v:.6g}' if isinstance(v, float) else json.dumps(v))}</td></tr>"
-        for k, v in values.items()
-    )
-    return f"<table>{rows}</table>" if rows else ""
+def collect(store: Store, refs: list[str]) -> list[dict[str, Any]]:
+    """The runs of every REF, each once, in the order named."""
+    seen: dict[str, dict[str, Any]] = {}
+    for ref in refs or ["latest"]:
+        for r in _runs_for(store, ref):
+            seen.setdefault(r["run"], r)
+    return list(seen.values())
+
+
+def blocks(store: Store, runs: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """The report's title and blocks: a comparison first when there are several runs."""
+    from .report_render import Heading
+
+    pipelines = list(dict.fromkeys(str(r.get("pipeline")) for r in runs))
+    title = " vs ".join(pipelines)
+    out: list[Any] = [Heading(1, title)]
+    if len(runs) > 1:
+        out += comparison_blocks(store, runs, title)
+    for run in runs:
+        out += run_blocks(store, run)
+    return title, out
 
 
 def render(store: Store, runs: list[dict[str, Any]]) -> str:
-    parts = [f"<h1>{html.escape(runs[0]['pipeline'])}</h1>"]
-    for run in runs:
-        parts += _render_run(store, run)
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}"
-             "img{max-width:100%}small{color:#777;font-weight:normal}pre{background:#f6f6f6;padding:.5em;overflow:auto}"
-             "section{border-top:2px solid #333;margin-top:2em}")
-    title = html.escape(runs[0]["invocation"] if len(runs) > 1 else runs[0]["run"])
-    return f"<!doctype html><meta charset='utf-8'><title>nnopt {title}</title><style>{style}</style>" + "\n".join(parts)
+    """The HTML page of ``runs``."""
+    title, body = blocks(store, runs)
+    return to_html(title, body)
 
 
-def _render_run(store: Store, run: dict[str, Any]) -> list[str]:
-    parts = [f"<section><p>run <code>{html.escape(run['run'])}</code> — status <b>{html.escape(run['status'])}</b>"
-             f" — file <code>{html.escape(str(run.get('file')))}</code></p>"]
-    if run.get("params"):
-        parts.append("<h3>matrix values</h3>" + _table(run["params"]))
-    for sid, s in run.get("stages", {}).items():
-        parts.append(f"<h2>{html.escape(sid)} <small>{html.escape(s['status'])} · {s['key'][:16]}</small></h2>")
-        d = store.stage_dir(s["key"])
-        if not store.is_complete(s["key"]):
-            parts.append("<p>not in the store (or damaged)</p>")
-            continue
-        result = read_json(d / "result.json")
-        parts.append(_table(result.get("metrics", {})))
-        for name, value in (result.get("results") or {}).items():
-            parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(value, indent=1)[:20000])}</pre>")
-        for png in sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []:
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f"<figure><img src='data:image/png;base64,{data}'><figcaption>{html.escape(png.name)}</figcaption></figure>")
-        spec = read_json(d / "spec.json")
-        parts.append(f"<details><summary>resolved spec</summary><pre>{html.escape(json.dumps(spec, indent=1))}</pre></details>")
-    parts.append("</section>")
-    return parts
+def _name(runs: list[dict[str, Any]]) -> str:
+    invocations = {r.get("invocation") or r["run"] for r in runs}
+    if len(runs) == 1:
+        return runs[0]["run"]
+    return invocations.pop() if len(invocations) == 1 else f"compare-{runs[0]['run']}-{len(runs)}runs"
 
 
-def write_report(store: Store, ref: str, output: Path | None = None) -> Path:
-    runs = _runs_for(store, ref)
-    name = runs[0]["invocation"] if len(runs) > 1 else runs[0]["run"]
+def write_report(store: Store, refs: str | list[str], output: Path | None = None, fmt: str = "html") -> Path:
+    """Write the report of ``refs`` and return its path: ``<store>/reports/NAME.html``, or
+    with ``fmt="md"`` ``<store>/reports/NAME/report.md`` with its PNGs beside it."""
+    runs = collect(store, [refs] if isinstance(refs, str) else list(refs))
+    name = _name(runs)
+    if fmt == "md":
+        path = output or store.root / "reports" / name / "report.md"
+        title, body = blocks(store, runs)
+        text, _images = to_markdown(title, body, Path(path))
+        atomic_write_text(Path(path), text)
+        return Path(path)
     path = output or store.root / "reports" / f"{name}.html"
-    atomic_write_text(path, render(store, runs))
-    return path
+    atomic_write_text(Path(path), render(store, runs))
+    return Path(path)

@@ -1,0 +1,128 @@
+"""``nnopt report``: self-contained HTML (and Markdown) of runs, sweeps and comparisons."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nnopt.cli import main
+
+SWEEP = """\
+name: tinysweep
+seed: 0
+data: {name: digits, batch_size: 128}
+model:
+  arch: {name: mlp, widths: [16], activation: relu}
+loss: cross_entropy
+stages:
+  train:
+    kind: train
+    optimizer: {name: sgd, lr: 0.1, momentum: 0.9}
+    steps: 6
+    eval_every: 3
+  probe:
+    kind: analyze
+    from: train
+    analyzers: [{name: grad_norms, source: train, samples: 64}]
+matrix:
+  stages.train.optimizer.lr: [0.05, 0.2]
+"""
+
+
+def nnopt(store: Path, *args: str):
+    result = CliRunner().invoke(main, [*args, "--store", str(store)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> tuple[Path, str]:
+    """A store holding one two-combination sweep, and the pipeline file's path."""
+    root = tmp_path_factory.mktemp("report")
+    path = root / "sweep.yaml"
+    path.write_text(SWEEP)
+    nnopt(root / "store", "run", str(path))
+    return root / "store", str(path)
+
+
+def report(store: Path, *args: str) -> Path:
+    return Path(nnopt(store, "report", *args).stdout.strip())
+
+
+def test_the_html_is_self_contained_and_every_image_is_an_embedded_png(swept):
+    store, path = swept
+    page = report(store, path).read_text()
+    assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", page), "an external URL"
+    images = re.findall(r"<img src='([^']*)'", page)
+    assert len(images) >= 5  # two loss plots, two grad-norm plots, the overlay, the metric-vs-lr plots
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Training and test loss against step" in page  # a caption, not a file name
+    assert "Test loss against step, one line per run" in page
+
+
+def test_the_settings_summary_names_optimizer_and_lr_and_results_are_tables(swept):
+    store, path = swept
+    page = report(store, path).read_text()
+    settings = page.split("<h3>settings</h3>", 1)[1].split("</table>", 1)[0]
+    assert "<th>optimizer</th>" in settings and "<th>lr</th>" in settings and "<td>sgd</td>" in settings and "<td>0.05</td>" in settings
+    results = page.split("<h4>grad_norms</h4>", 1)[1]
+    assert results.startswith("<table")
+    assert '"total":' not in page and "{&quot;" not in page  # no raw JSON dump
+    assert "<svg" in page and "probe" in page.split("<svg", 1)[1].split("</svg>", 1)[0]  # the stage graph
+
+
+def test_a_sweep_report_has_one_row_per_combination_and_the_sorter(swept):
+    store, path = swept
+    page = report(store, path).read_text()
+    table = page.split("<table class='sortable'>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == 1 + 2  # header and the two combinations
+    assert "0.05" in table and "0.2" in table
+    assert "querySelectorAll('table.sortable')" in page and "addEventListener('click'" in page
+
+
+def test_runs_named_on_the_command_line_are_compared(swept):
+    store, _ = swept
+    from nnopt.core.store import Store
+
+    ids = [r["run"] for r in Store(store).runs()]
+    page = report(store, *ids).read_text()
+    assert f"comparison of {len(ids)} runs" in page and all(i in page for i in ids)
+
+
+def test_format_md_writes_markdown_with_the_pngs_beside_it(swept, tmp_path):
+    store, path = swept
+    md = report(store, path, "--format", "md", "-o", str(tmp_path / "out" / "report.md"))
+    text = md.read_text()
+    pngs = sorted(md.parent.glob("*.png"))
+    assert md.suffix == ".md" and len(pngs) >= 5
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    for p in pngs:
+        assert f"]({p.name})" in text
+    assert "| stages.train.optimizer.lr |" in text and "<table" not in text
+
+
+def test_a_bad_ref_is_a_clean_error(swept):
+    store, _ = swept
+    result = CliRunner().invoke(main, ["report", "nope-no-such", "--store", str(store)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH: the headless-browser check needs one")
+def test_headless_chromium_loads_the_report(swept):
+    store, path = swept
+    page = report(store, path)
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert dom.count("<img") >= 5 and "data:image/png;base64," in dom
+    assert "<table class=\"sortable\">" in dom
