@@ -81,3 +81,29 @@ def log_colorbar(fig: Any, mappable: Any, ax: Any, label: str) -> Any:
     bar.ax.yaxis.set_minor_formatter(PlainLogFormatter(10, labelOnlyBase=False))
     bar.set_label(label)
     return bar
+
+
+def positive_series_figure(series: list[tuple[int, dict[str, Any]]], lines: Iterable[tuple[str, str, str]],
+                           ylabel: str, title: str, path: Path, markers: bool = False) -> list[Path]:
+    """Tracked quantities against step on a log axis: one line per ``(key, label, colour)`` of
+    ``lines``, each drawn through its positive finite values; ``[]`` (nothing written) when
+    no line has any."""
+    steps = [s for s, _ in series]
+    fig, ax = new_figure()
+    plotted: list[float] = []
+    style = {"marker": "o", "markersize": 2.5} if markers else {}
+    for key, label, color in lines:
+        xs, ys = finite_pairs(steps, [r.get(key) for _, r in series])
+        pts = [(a, b) for a, b in zip(xs, ys) if b > 0]
+        if pts:
+            ax.plot(*zip(*pts), label=label, color=color, linewidth=1.2, **style)
+            plotted.extend(b for _, b in pts)
+    if not plotted:
+        return []
+    set_log_y(ax, plotted)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return [save(fig, path)]

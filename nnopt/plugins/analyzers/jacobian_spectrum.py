@@ -134,28 +134,14 @@ class JacobianSpectrum(Analyzer):
         return [save(fig, Path(out_dir) / "jacobian_spectrum.png")]
 
     def plot_series(self, series: list[tuple[int, dict[str, Any]]], out_dir: Path) -> list[Path]:
-        from ._plot import finite_pairs, new_figure, save, set_log_y
+        from ._plot import positive_series_figure
 
         if not series:
             return []
-        steps = [s for s, _ in series]
-        fig, ax = new_figure()
-        plotted: list[float] = []
-        for key, label, color in (("max", "max σ", "tab:red"), ("mean", "mean σ", "black"), ("min", "min σ", "tab:blue")):
-            xs, ys = finite_pairs(steps, [r.get(key) for _, r in series])
-            pts = [(a, b) for a, b in zip(xs, ys) if b > 0]
-            if pts:
-                ax.plot(*zip(*pts), label=label, color=color, linewidth=1.2)
-                plotted.extend(b for _, b in pts)
-        if not plotted:
-            return []
-        set_log_y(ax, plotted)
-        ax.set_xlabel("step")
-        ax.set_ylabel("singular value of the input–output Jacobian")
-        ax.set_title("Jacobian spectrum over training")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        return [save(fig, Path(out_dir) / "jacobian_spectrum_track.png")]
+        return positive_series_figure(series, (("max", "max σ", "tab:red"), ("mean", "mean σ", "black"),
+                                               ("min", "min σ", "tab:blue")),
+                                      "singular value of the input–output Jacobian", "Jacobian spectrum over training",
+                                      Path(out_dir) / "jacobian_spectrum_track.png")
 
 
 def _module(model: "nn.Module", name: str | None) -> "nn.Module | None":

@@ -119,30 +119,15 @@ class NTKDrift(Analyzer):
         return []  # one number pair: nothing to draw (the series is drawn by plot_series)
 
     def plot_series(self, series: list[tuple[int, dict[str, Any]]], out_dir: Path) -> list[Path]:
-        from ._plot import finite_pairs, new_figure, save, set_log_y
+        from ._plot import positive_series_figure
 
         if not series:
             return []
-        steps = [s for s, _ in series]
-        fig, ax = new_figure()
-        plotted: list[float] = []
-        for key, label, color in (("ntk_drift", "‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F", "tab:red"),
-                                  ("weight_drift", "‖θ_t − θ_0‖ / ‖θ_0‖", "tab:blue")):
-            xs, ys = finite_pairs(steps, [r.get(key) for _, r in series])
-            pts = [(a, b) for a, b in zip(xs, ys) if b > 0]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=2.5, label=label, color=color, linewidth=1.2)
-                plotted.extend(b for _, b in pts)
-        if not plotted:
-            return []
-        set_log_y(ax, plotted)
-        ax.set_xlabel("step")
-        ax.set_ylabel("relative drift")
         ref = series[0][1].get("reference_step")
-        ax.set_title("NTK and weight drift over training" + (f" (from step {ref})" if ref not in (0, None) else ""))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        return [save(fig, Path(out_dir) / "ntk_drift.png")]
+        title = "NTK and weight drift over training" + (f" (from step {ref})" if ref not in (0, None) else "")
+        return positive_series_figure(series, (("ntk_drift", "‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F", "tab:red"),
+                                               ("weight_drift", "‖θ_t − θ_0‖ / ‖θ_0‖", "tab:blue")),
+                                      "relative drift", title, Path(out_dir) / "ntk_drift.png", markers=True)
 
 
 def flat_weights(model: "nn.Module") -> "torch.Tensor":
