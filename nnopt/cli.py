@@ -349,6 +349,62 @@ def _stage_line(rep) -> str:
     return f"{rep.id:<14} {rep.status:<8} {rep.seconds:7.2f}s  {numbers}{extra}"
 
 
+# ---------------------------------------------------------------------------------- diagnose
+@main.command()
+@click.argument("file")
+@click.option("--stage", "stage", default=None, metavar="ID", help="the train stage to diagnose (default: the first)")
+@set_option
+@store_option
+@json_option
+@click.option("--apply", "apply_to", default=None, metavar="OUT", type=click.Path(dir_okay=False),
+              help="write FILE with the best verified fix applied to OUT (comments and layout kept)")
+@click.option("--probe-steps", type=click.IntRange(min=10, max=100_000), default=None, metavar="N",
+              help="steps of the training probe (default 200)")
+@click.option("--fixes", type=click.IntRange(min=0, max=10), default=None, metavar="K",
+              help="how many recommendations are tried (default 3)")
+@click.option("--no-lr-range", is_flag=True, help="skip the learning-rate range test")
+@click.option("--force", is_flag=True, help="diagnose again even when cached")
+@click.option("--no-progress", is_flag=True, help="no progress bars on stderr")
+def diagnose(file: str, stage: str | None, sets: tuple[str, ...], store_dir: str | None, as_json: bool,
+             apply_to: str | None, probe_steps: int | None, fixes: int | None, no_lr_range: bool, force: bool,
+             no_progress: bool) -> None:
+    """Say why a train stage of FILE will not train, with evidence and fixes that were tried.
+
+    Measures the network at initialization (signal propagation, gradients, Jacobian, dead or
+    saturated units, logit scale), the curvature against the step, a short training probe and a
+    learning-rate range test; each finding has an explanation, a patch of FILE (shown as a diff)
+    and, for the most severe, the patched pipeline probed the same way (verified or not). The
+    diagnosis is a cached `diagnose` stage: running it again is instant."""
+    click_ctx = click.get_current_context()
+    click_ctx.meta["json"] = as_json
+    from nnopt.diagnose import apply_best, diagnose_file, render_text
+
+    _require_file(file)
+    if apply_to is not None and Path(apply_to).resolve() == Path(file).resolve():
+        raise click.UsageError("--apply writes a new file; give a path other than FILE")
+    store = _store(store_dir)
+    show = None if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
+    results = diagnose_file(file, list(sets), store, stage, probe_steps=probe_steps, fixes=fixes,
+                            lr_range=False if no_lr_range else None, force=force,
+                            progress=not no_progress and sys.stderr.isatty(), on_stage=show)
+    applied = None
+    if apply_to is not None and results:
+        applied = apply_best(file, results[0], apply_to)
+    failed = any(d.status not in ("ran", "cached") for d in results)
+    if as_json:
+        out: dict[str, Any] = results[0].to_json() if len(results) == 1 and not results[0].params else {
+            "combinations": [d.to_json() for d in results], "healthy": all(d.healthy for d in results)}
+        if apply_to is not None:
+            out["applied"] = {"file": apply_to, "finding": applied["id"]} if applied else None
+        click.echo(json.dumps(out))
+    else:
+        click.echo("\n\n".join(render_text(d, file) for d in results))
+        if apply_to is not None:
+            click.echo(f"\nwrote {apply_to} with the fix for {applied['id']}" if applied else
+                       "\nno verified fix: nothing written")
+    sys.exit(EXIT_FAILED if failed else 0)
+
+
 # ---------------------------------------------------------------------------------- plan / validate
 @main.command()
 @click.argument("file")

@@ -142,30 +142,16 @@ def _model_of(spec: dict[str, Any], seed: int, paths: dict[str, Path], device: s
     from safetensors.torch import load_file
 
     from nnopt.core.component import DatasetRef
-    from nnopt.core.errors import Problems
     from nnopt.core.model_spec import ModelSpec, build_model
-    from nnopt.core.planner import resolve_components
-    from nnopt.core.registry import Registry
-    from nnopt.core.yaml_source import Source
+    from nnopt.core.rebuild import as_written, resolved
 
-    registry, problems, source = Registry(), Problems(), Source({}, "spec.json")
-    model_spec = ModelSpec.model_validate(_as_written(spec["model"]))
-    data_ref = DatasetRef.model_validate(_as_written(spec["data"]))
-    for part, path in ((model_spec, "model"), (data_ref, "data")):
-        resolve_components(part, (path,), source, registry, problems)
-    if problems:  # a component of the stage is no longer installed, or its params changed
-        raise ValueError("cannot rebuild the stage's model: " + "; ".join(str(d) for d in problems.items))
+    try:  # a component of the stage may no longer be installed, or its params may have changed
+        model_spec = resolved(ModelSpec, as_written(spec["model"]), "model")
+        data_ref = resolved(DatasetRef, as_written(spec["data"]), "data")
+    except ValueError as err:
+        raise ValueError(f"cannot rebuild the stage's model: {err}") from None
     data = data_ref.instantiate().prepare(seed)
     model = build_model(model_spec, data, seed, torch.device(device), initialize=False)
     model.load_state_dict(load_file(str(paths["weights/final.safetensors"]), device=device))
     return model.eval()
 
-
-def _as_written(value: Any) -> Any:
-    """A resolved spec as a pipeline file would write it: without the ``cache_version`` and
-    ``key_extras`` the engine adds to every component for the key."""
-    if isinstance(value, dict):
-        return {k: _as_written(v) for k, v in value.items() if k not in ("cache_version", "key_extras")}
-    if isinstance(value, list):
-        return [_as_written(v) for v in value]
-    return value

@@ -259,6 +259,25 @@ class StageContext:
             raise KeyError(f"stage '{self.stage_id}' did not declare weights '{key}' (declared: {known})")
         return self._weights[key]
 
+    def child(self, name: str, spec: StageSpec, model: ModelSpec | None = None,
+              data: DatasetRef | None = None, loss: LossRef | None = None) -> "StageContext":  # type: ignore[valid-type]
+        """A context for another stage kind run as a *part* of this stage (``diagnose`` runs a
+        short ``train`` probe of the stage it examines, and of each patched configuration).
+
+        It writes under ``out_dir/name`` (so its weights, metrics and plots are this stage's
+        artifacts, cached and damaged-checked with it), reads the same declared weights, and
+        uses this stage's seed and device; ``model``/``data``/``loss`` default to this stage's.
+        The part is not a stage of the pipeline: it has no key of its own, and a killed run
+        recomputes it with the whole stage.
+        """
+        sub = self.out_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        return StageContext(f"{self.stage_id}/{name}", spec, self.seed, self.device, sub,
+                            data if data is not None else self.data_ref,
+                            model if model is not None else self.model_spec,
+                            loss if loss is not None else self.loss_ref,
+                            self._weights, self._progress, None)
+
     # ---------------------------------------------------------------- outputs
     def save_weights(self, state: dict[str, "torch.Tensor"], step: int | None = None) -> Path:
         """Store a state dict as ``weights/final`` (step None) or ``weights/step_N``."""

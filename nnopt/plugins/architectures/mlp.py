@@ -44,6 +44,12 @@ class MLPParams(Params):
     )
 
 
+    output_scale: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="α: the network's output is α·(W^L z^{L−1} + b^L) (1: none). "
+        "A large α makes the logits large at initialization (saturated softmax); Chizat & Bach's α-scaling of lazy "
+        "training"
+    )
+
     @model_validator(mode="after")
     def _b_std_needs_a_gaussian_init(self) -> "MLPParams":
         if self.parameterization == "standard" and self.b_std is not None and self.W_std is None:
@@ -67,7 +73,13 @@ class MLP(Architecture):
 
     The module is an ``nn.Sequential`` with stable names: ``flatten``, then ``linear{l}``,
     ``norm{l}`` (only with a normalizer), ``act{l}``, ``dropout{l}`` (only with dropout) for
-    l = 1..len(widths), then ``output`` (and ``output_act`` with ``last_activation``).
+    l = 1..len(widths), then ``output`` (``output_scale`` when α ≠ 1, and ``output_act`` with
+    ``last_activation``).
+
+    ``output_scale: α`` multiplies the output layer's result by a constant α (no parameter):
+    f = α·(W^L z^{L−1} + b^L). At α ≫ 1 a classifier's softmax saturates at initialization (its
+    loss is far above ln C; the scale of the output is part of the initialization, survey §4.2); Chizat, Oyallon & Bach 2019
+    ("On lazy training") use the same α to move training toward the lazy (kernel) regime.
 
     ``parameterization: ntk`` builds every linear layer as ``NTKLinear``:
     z = (σ_w/√n)·W x + σ_b·b with W, b ~ N(0, 1) (Jacot, Gabriel & Hongler 2018), the
@@ -96,6 +108,8 @@ class MLP(Architecture):
                 layers[f"dropout{l}"] = nn.Dropout(p.dropout)
             fan_in = width
         layers["output"] = normalizer.parametrize(self._linear(fan_in, output_dim))
+        if p.output_scale != 1.0:
+            layers["output_scale"] = OutputScale(p.output_scale)
         if p.last_activation:
             layers["output_act"] = p.activation.instantiate().build()
         return nn.Sequential(layers)
@@ -112,3 +126,17 @@ class MLP(Architecture):
 
     def activation(self) -> Activation:
         return self.params.activation.instantiate()
+
+
+class OutputScale(nn.Module):
+    """y = α·x with a constant α (no parameter, nothing in the state dict)."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):  # noqa: D401 - nn.Module's forward
+        return x * self.alpha
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"

@@ -126,3 +126,16 @@ def test_standard_gaussian_init_draws_w_std_over_root_fan_in():
 def test_b_std_alone_is_refused_under_the_standard_parameterization():
     with pytest.raises(ValueError, match="needs W_std"):
         MLP.Params(widths=[4], b_std=0.1)
+
+
+def test_output_scale_multiplies_the_output_layer_and_adds_no_parameter():
+    torch.manual_seed(0)
+    plain = mlp(activation=Tanh).build((6,), 3, Normalizer())
+    torch.manual_seed(0)
+    scaled = mlp(activation=Tanh, output_scale=100.0).build((6,), 3, Normalizer())
+    assert list(dict(scaled.named_children()))[-1] == "output_scale"
+    assert scaled.state_dict().keys() == plain.state_dict().keys()  # same weights file as α = 1
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(scaled(x), 100.0 * plain(x))
+    with pytest.raises(ValidationError):
+        mlp(output_scale=0.0)
