@@ -79,6 +79,7 @@ def diagnose_file(file: str, sets: list[str], store: Any, stage: str | None = No
     from nnopt.core.planner import load_plans
     from nnopt.core.runner import new_run_id, run_plan
     from nnopt.core.yaml_source import parse_yaml
+    from nnopt.plugins.diagnosis.patch_diff import diffs_of
 
     path = Path(file)
     if not path.is_file():
@@ -138,31 +139,6 @@ def _results_of(store: Any, rep: Any) -> dict[str, Any]:
     return json.loads(result.read_text(encoding="utf-8")).get("results", {}) if result.is_file() else {}
 
 
-def patch_pairs(finding: dict[str, Any]) -> list[tuple[tuple, Any]]:
-    """A finding's patch as ``(path, value)`` pairs of the file (``DELETE`` for null)."""
-    from nnopt.core.overrides import split_path
-    from nnopt.core.yaml_patch import DELETE
-
-    return [(tuple(split_path(c["path"])), DELETE if c["value"] is None else c["value"]) for c in finding.get("patch", [])]
-
-
-def diffs_of(text: str, name: str, findings: list[dict[str, Any]]) -> dict[str, str]:
-    """Each finding's patch as a unified diff of the user's file (findings without a patch,
-    or whose patch cannot be applied to the text, get none)."""
-    from nnopt.core.yaml_patch import PatchError, patch_text, unified_diff
-
-    out = {}
-    for f in findings:
-        pairs = patch_pairs(f)
-        if not pairs:
-            continue
-        try:
-            out[f["id"]] = unified_diff(text, patch_text(text, pairs, name), Path(name).name)
-        except PatchError:
-            continue
-    return out
-
-
 def best_verified(diagnosis: Diagnosis) -> dict[str, Any] | None:
     """The most severe verified finding (findings are ranked), or None."""
     return next((f for f in diagnosis.findings if f.get("verified")), None)
@@ -172,6 +148,7 @@ def apply_best(file: str, diagnosis: Diagnosis, output: str) -> dict[str, Any] |
     """Write ``file`` with the best verified patch applied to ``output`` (comments and layout
     kept); returns the finding applied, or None (nothing written) when none was verified."""
     from nnopt.core.yaml_patch import patch_text
+    from nnopt.plugins.diagnosis.patch_diff import patch_pairs
 
     best = best_verified(diagnosis)
     if best is None:

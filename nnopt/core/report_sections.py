@@ -49,6 +49,10 @@ CAPTIONS = {
     "linear_mode_connectivity": "Loss along the linear path between two trained solutions (linear mode connectivity)",
     "mode_connectivity": "Loss along a low-loss curve connecting two solutions (mode connectivity)",
     "distance": "Distance of the weights from their initialization",
+    "init_signals": "At initialization: forward second moments against the mean-field prediction, gradient norms and "
+                    "dead or saturated units, by layer (diagnose)",
+    "lr_range": "Learning-rate range test: the smoothed loss as the rate grows exponentially (diagnose)",
+    "probe_loss": "The diagnosis's training probe as configured, and with each fix tried (diagnose)",
 }
 
 
@@ -156,7 +160,7 @@ def run_blocks(store: Store, run: dict[str, Any]) -> list[Any]:
         table.append([sid, s["status"], f"{seconds:.2f} s" if isinstance(seconds, (int, float)) else "–", s["key"][:12], prov or "–"])
     out += [Heading(3, "stages"), Table(["stage", "status", "time", "key", "provenance"], table)]
     for sid, s in stages.items():
-        out += _stage_blocks(store, sid, s, specs[sid])
+        out += _stage_blocks(store, sid, s, specs[sid], run.get("file"))
     return out
 
 
@@ -176,7 +180,21 @@ def _result(store: Store, key: str) -> dict[str, Any]:
         return {}
 
 
-def _stage_blocks(store: Store, sid: str, stage: dict[str, Any], spec: dict[str, Any]) -> list[Any]:
+def _own_blocks(kind: Any, result: dict[str, Any], stage_dir: Path, pipeline_file: str | None) -> list[Any] | None:
+    """The stage kind's own presentation of its results (``Stage.report_blocks``), or None:
+    the generic tables (also when the kind is no longer installed, or its method fails)."""
+    from .errors import PluginError
+    from .registry import Registry
+
+    try:
+        cls, _ = Registry().load("stages", str(kind))
+        return cls.report_blocks(result, stage_dir, pipeline_file)
+    except (PluginError, AttributeError, KeyError, TypeError, ValueError, OSError):
+        return None
+
+
+def _stage_blocks(store: Store, sid: str, stage: dict[str, Any], spec: dict[str, Any],
+                  pipeline_file: str | None = None) -> list[Any]:
     out: list[Any] = [Heading(3, f"stage {sid} ({spec.get('kind', '?')}, {stage['status']})")]
     if not store.is_complete(stage["key"]):
         return out + [Para("not in the store (or damaged)")]
@@ -184,8 +202,12 @@ def _stage_blocks(store: Store, sid: str, stage: dict[str, Any], spec: dict[str,
     result = _result(store, stage["key"])
     if result.get("metrics"):
         out += [Heading(4, "metrics"), KeyValues(result["metrics"])]
-    for name, value in (result.get("results") or {}).items():
-        out.append(Results(name, value))
+    own = _own_blocks(spec.get("kind"), result, d, pipeline_file)
+    if own is not None:
+        out += own
+    else:
+        for name, value in (result.get("results") or {}).items():
+            out.append(Results(name, value))
     analyzers = [a.get("name") for a in spec.get("analyzers") or [] if isinstance(a, dict)]
     for png in sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []:
         writer = next((a for a in analyzers if a and png.stem.startswith(a)), f"stage {sid} ({spec.get('kind', '?')})")

@@ -101,6 +101,15 @@ class Stage(Component):
         block's own key of that name when the block writes it, else the block itself."""
         return ("stages", stage_id, key) if key in raw_spec else ("stages", stage_id)
 
+    @classmethod
+    def report_blocks(cls, result: dict[str, Any], stage_dir: Path, pipeline_file: str | None) -> list[Any] | None:
+        """How ``nnopt report`` shows this kind's ``results``: a list of blocks of
+        ``nnopt.core.report_render`` (headings, paragraphs, tables, collapsed text) in place of
+        the generic tables, or None for those. ``result`` is the stage's ``result.json``,
+        ``pipeline_file`` the path of the file the run was planned from (it may have changed
+        or gone since). The stage's metrics and plots are shown either way."""
+        return None
+
     def run(self, ctx: "StageContext") -> StageOutcome:
         raise NotImplementedError(f"{type(self).__name__}.run")
 

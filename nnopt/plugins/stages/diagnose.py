@@ -124,6 +124,49 @@ class Diagnose(Stage):
             return ("stages", raw_spec["of"]) + (() if key == "train" else (key,))
         return super().origin(stage_id, raw_spec, generated_id, key)
 
+    # ---------------------------------------------------------------- report
+    @classmethod
+    def report_blocks(cls, result: dict[str, Any], stage_dir: Any, pipeline_file: str | None) -> list[Any] | None:
+        """The diagnosis in ``nnopt report``: the findings table (severity, id, verified,
+        probe loss before → after), then each finding's explanation, fix and the diff of the
+        pipeline file it makes (when the file is still readable; else the patch's keys)."""
+        from pathlib import Path
+
+        from nnopt.core.report_render import Details, Heading, KeyValues, Para, Table
+
+        from ..diagnosis.patch_diff import diffs_of
+
+        res = result.get("results") or {}
+        rows = res.get("findings") or []
+        text = None
+        if pipeline_file and Path(pipeline_file).is_file():
+            text = Path(pipeline_file).read_text(encoding="utf-8", errors="replace")
+        diffs = diffs_of(text, pipeline_file, rows) if text is not None else {}
+        verdict = ("healthy: no critical or warning finding" if res.get("healthy") else
+                   f"{sum(r.get('severity') in vocabulary.SEVERE for r in rows)} problem(s) found")
+        out: list[Any] = [Heading(4, f"diagnosis of stage {res.get('of')}"), Para(verdict)]
+        if rows:
+            out.append(Table(["#", "severity", "finding", "what", "fix tried", "verified", "probe loss before → after"],
+                             [[i, r.get("severity"), r.get("id"), r.get("title"), "yes" if r.get("tried") else "no",
+                               "yes" if r.get("verified") else "no", _before_after(r)] for i, r in enumerate(rows, 1)]))
+        for r in rows:
+            out.append(Heading(4, f"{r.get('id')} ({r.get('severity')})"))
+            out.append(Para(str(r.get("explanation", ""))))
+            out.append(Para("Fix: " + str(r.get("recommendation", ""))))
+            numbers = {k: v for k, v in (r.get("evidence") or {}).items() if isinstance(v, (int, float, str)) and k != "plot"}
+            if numbers:
+                out.append(KeyValues(numbers))
+            if r.get("id") in diffs:
+                out.append(Details(f"the fix as a change of {Path(pipeline_file).name}", diffs[r["id"]]))
+            elif r.get("patch"):
+                out.append(Details("the fix as keys of the pipeline file",
+                                   "\n".join(f"{c['path']}: {c['value']}" for c in r["patch"])))
+        timings = res.get("timings") or {}
+        if timings:
+            out.append(Details("time per instrument (s)", "\n".join(f"{k}: {v:.2f}" for k, v in timings.items()
+                                                                   if isinstance(v, (int, float)))))
+        return out
+
     # ---------------------------------------------------------------- run
     def run(self, ctx: StageContext) -> StageOutcome:
         spec = self.params
@@ -424,6 +467,20 @@ class Examination:
         ax.set_title(f"diagnose {self.spec.of}: the probe, and each fix tried")
         ax.legend(fontsize=8)
         save(fig, plots / "probe_loss.png")
+
+
+def _before_after(row: dict[str, Any]) -> str:
+    b, a = row.get("before") or {}, row.get("after") or {}
+    if not row.get("tried"):
+        return "–"
+    if "error" in a:
+        return "patch invalid"
+
+    def shown(side: dict[str, Any]) -> str:
+        loss = side.get("loss")
+        return "diverged" if side.get("diverged") else (f"{loss:.4g}" if isinstance(loss, (int, float)) else "?")
+
+    return f"{shown(b)} → {shown(a)}"
 
 
 # ---------------------------------------------------------------------- patching
