@@ -386,7 +386,8 @@ def diagnose(file: str, stage: str | None, sets: tuple[str, ...], store_dir: str
     show = None if as_json else (lambda rep: click.echo(f"  {_stage_line(rep)}", err=True))
     results = diagnose_file(file, list(sets), store, stage, probe_steps=probe_steps, fixes=fixes,
                             lr_range=False if no_lr_range else None, force=force,
-                            progress=not no_progress and sys.stderr.isatty(), on_stage=show)
+                            progress=not no_progress and sys.stderr.isatty(), on_stage=show,
+                            one_combination="--apply" if apply_to is not None else None)
     applied = None
     if apply_to is not None and results:
         applied = apply_best(file, results[0], apply_to)

@@ -73,9 +73,11 @@ def _train_stages(data: Any) -> list[str]:
 
 def diagnose_file(file: str, sets: list[str], store: Any, stage: str | None = None, *, probe_steps: int | None = None,
                   fixes: int | None = None, lr_range: bool | None = None, force: bool = False,
-                  progress: bool = False, on_stage: Any = None) -> list[Diagnosis]:
+                  progress: bool = False, on_stage: Any = None, one_combination: str | None = None) -> list[Diagnosis]:
     """Diagnose train stage ``stage`` of ``file`` (default: its first train stage), once per
-    matrix combination; ``SpecError`` (exit 2) for a bad file or stage before anything runs."""
+    matrix combination; ``SpecError`` (exit 2) for a bad file or stage before anything runs,
+    and, when ``one_combination`` names an option needing it (``--apply``), for a matrix of
+    several combinations."""
     from nnopt.core.planner import load_plans
     from nnopt.core.runner import new_run_id, run_plan
     from nnopt.core.yaml_source import parse_yaml
@@ -105,6 +107,9 @@ def diagnose_file(file: str, sets: list[str], store: Any, stage: str | None = No
             options[key] = value
     override = f"stages.{sid}=" + json.dumps(options)
     plans = load_plans(file, [*sets, override])
+    if one_combination and len(plans) > 1:
+        raise SpecError([Diagnostic(Location(file), "matrix", f"{one_combination} needs one combination, and this file has "
+                                    f"{len(plans)}", "pin the matrix axes with --set PATH=VALUE")])
     invocation = new_run_id(plans[0].name)
     out = []
     for plan in plans:
