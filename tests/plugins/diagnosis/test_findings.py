@@ -179,3 +179,11 @@ def test_a_finding_serializes_with_its_patch_and_instrument():
     assert d["patch"][0] == {"role": "train", "path": ["optimizer", "lr"], "value": 0.01}
     assert d["instrument"] == {"name": "probe.diverged", "value": 1.0, "better": "lower"}
     assert math.isfinite(d["patch"][0]["value"])
+
+
+def test_every_finding_id_is_documented_in_the_vocabulary_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "diagnose.md").read_text(encoding="utf-8")
+    missing = [c.id for c in fv.CHECKS if f"| `{c.id}` |" not in doc]
+    assert missing == []
