@@ -76,7 +76,8 @@ def _train_stages(file: Path) -> list[str]:
 
 
 def _first_combination(file: Path, store: Path) -> list[str]:
-    """``--set`` values pinning every matrix axis to its first value."""
+    """``--set`` values pinning every matrix axis to its first value (``matrix.AXIS=[v]``:
+    a plain ``--set`` of a swept path is refused)."""
     _, proc = _nnopt(["plan", str(file), "--json"], store)
     try:
         plan = json.loads(proc.stdout)
@@ -85,7 +86,7 @@ def _first_combination(file: Path, store: Path) -> list[str]:
     runs = plan.get("runs")
     if not runs:
         return []
-    return [f"{k}={json.dumps(v)}" for k, v in runs[0]["params"].items()]
+    return [f"matrix.{k}=[{json.dumps(v)}]" for k, v in runs[0]["params"].items()]
 
 
 def sweep(all_combinations: bool, only: str | None) -> list[dict]:
@@ -110,7 +111,7 @@ def sweep(all_combinations: bool, only: str | None) -> list[dict]:
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             for combo in out.get("combinations", [out]):
-                row = {"file": rel, "stage": stage, "params": combo.get("params") or dict(s.split("=", 1) for s in sets),
+                row = {"file": rel, "stage": stage, "params": combo.get("params") or {},
                        "process_s": round(seconds, 2), "stage_s": round(combo.get("seconds") or 0, 2),
                        "status": combo.get("status"), "healthy": combo.get("healthy"),
                        "findings": [[f["id"], f["severity"], f["verified"]] for f in combo.get("findings", [])],

@@ -109,7 +109,7 @@ def diagnose_file(file: str, sets: list[str], store: Any, stage: str | None = No
     plans = load_plans(file, [*sets, override])
     if one_combination and len(plans) > 1:
         raise SpecError([Diagnostic(Location(file), "matrix", f"{one_combination} needs one combination, and this file has "
-                                    f"{len(plans)}", "pin the matrix axes with --set PATH=VALUE")])
+                                    f"{len(plans)}", "pin each matrix axis to one value: --set 'matrix.AXIS=[VALUE]'")])
     invocation = new_run_id(plans[0].name)
     out = []
     for plan in plans:

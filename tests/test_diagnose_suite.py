@@ -78,3 +78,5 @@ def test_healthy_shipped_pipelines_get_no_severe_finding(name, invoke):
     severe = [(f["id"], f["title"]) for r in runs for f in r["findings"] if f["severity"] in ("critical", "warning")]
     assert severe == []
     assert all(r["healthy"] for r in runs)
+    if name == "quickstart.yaml":  # the budget for the quickstart: under 30 s on 2 CPU cores
+        assert out["seconds"] < 30

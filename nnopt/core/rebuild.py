@@ -63,5 +63,5 @@ def resolved(model: type[T], mapping: Any, where: str) -> T:
     problems = Problems()
     resolve_components(obj, (where,), Source({}, where), Registry(), problems)
     if problems:
-        raise ValueError("; ".join(d.message for d in problems.items))
+        raise ValueError("; ".join(f"{d.path}: {d.message}" if d.path else d.message for d in problems.items))
     return obj
