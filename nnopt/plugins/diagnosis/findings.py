@@ -511,6 +511,26 @@ class LrTooSmall(Check):
             ("probe.loss.relative_decrease", decrease, "higher"))
 
 
+class PoorIsometry(Check):
+    id, priority = "poor_isometry", 85
+    summary = "the input–output Jacobian's singular values spread over orders of magnitude in a deep net (informational)"
+
+    def examine(self, evidence, setup):
+        jac = get(evidence, "at_init.jacobian")
+        if not isinstance(jac, dict) or "skipped" in jac or setup.depth < 8:
+            return None
+        spread = jac.get("max_min_ratio")
+        if not finite(spread) or spread < 1e3:
+            return None
+        return self.finding(
+            "info", f"the input–output Jacobian's singular values span a factor {spread:.2g} (depth {setup.depth})",
+            {"max_min_ratio": spread, "mean_sq": jac.get("mean_sq"), "std_sq": jac.get("std_sq")},
+            "Deep networks train fastest when every singular value of the input–output Jacobian is near 1 "
+            "(dynamical isometry), not only their mean square; orthogonal weights near the edge of chaos achieve it, "
+            "Gaussian ones at depth do not (survey §4.2; Saxe et al. 2014, Pennington et al. 2017).",
+            "orthogonal weights (init: orthogonal) bring the spectrum closer to isometry", [])
+
+
 class EdgeOfStability(Check):
     id, priority = "edge_of_stability", 90
     summary = "after the probe the sharpness sits at the stability bound (informational)"
@@ -552,7 +572,8 @@ class BatchNoise(Check):
 CHECKS: list[Check] = [
     LrAboveCurvature(), ChaoticInit(), OrderedInit(), ForwardScale("exploding"), ForwardScale("vanishing"),
     GradientScale("exploding"), GradientScale("vanishing"), LogitScale(), DepthWithoutSkips(), NeedsWarmup(),
-    Diverged(), UpdateRatio(), DeadUnits(), SaturatedUnits(), LrTooSmall(), EdgeOfStability(), BatchNoise(),
+    Diverged(), UpdateRatio(), DeadUnits(), SaturatedUnits(), LrTooSmall(), PoorIsometry(), EdgeOfStability(),
+    BatchNoise(),
 ]
 
 

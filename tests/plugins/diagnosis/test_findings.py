@@ -187,3 +187,11 @@ def test_every_finding_id_is_documented_in_the_vocabulary_table():
     doc = (Path(__file__).resolve().parents[3] / "docs" / "diagnose.md").read_text(encoding="utf-8")
     missing = [c.id for c in fv.CHECKS if f"| `{c.id}` |" not in doc]
     assert missing == []
+
+
+def test_poor_isometry_is_an_observation_for_deep_nets_only():
+    ev = {"at_init": {"jacobian": {"max_min_ratio": 1e5, "mean_sq": 1.0, "std_sq": 30.0}}}
+    f = one("poor_isometry", ev, setup(depth=10))
+    assert f.severity == "info" and f.patch == []
+    assert one("poor_isometry", ev, setup(depth=3)) is None
+    assert one("poor_isometry", {"at_init": {"jacobian": {"skipped": "too large"}}}, setup(depth=10)) is None
