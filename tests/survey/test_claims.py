@@ -38,3 +38,22 @@ def _grouped(claim):
 def test_the_claim_holds(claim, store):
     finding = claim.run(store)
     assert finding.holds, f"{claim.claim} — measured: {finding.measured}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("claim", [_grouped(c) for c in CLAIMS])
+def test_the_report_of_every_claims_pipeline_is_one_self_contained_page_with_its_plots(claim, store):
+    """`nnopt report FILE` of each shipped pipeline (its latest run, a sweep's comparison first):
+    one page, every image embedded, one image per plot the run's stages wrote."""
+    import re
+
+    from nnopt.core.report import write_report
+    from nnopt.core.store import Store
+
+    claim.run(store)  # cached when the claim's own test ran in this worker: only the report is new
+    page = write_report(Store(store), [str(claim.pipeline)]).read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from a network
+    assert "stage graph" in page and "Traceback" not in page
+    plots = {p.name for p in Path(store).rglob("plots/*.png")}
+    if plots:
+        assert page.count("data:image/png;base64,") >= 1
