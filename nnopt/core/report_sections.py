@@ -10,7 +10,6 @@ metrics, their test-loss curves overlaid, and each headline metric against each 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tempfile
@@ -251,9 +250,9 @@ def _curve(store: Store, run: dict[str, Any], stage: str | None) -> list[tuple[f
 
 
 def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    from .figure_style import png_bytes
+
+    return png_bytes(fig)
 
 
 def comparison_blocks(store: Store, runs: list[dict[str, Any]], title: str) -> list[Any]:
@@ -274,7 +273,7 @@ def comparison_blocks(store: Store, runs: list[dict[str, Any]], title: str) -> l
                       Table(cols, rows, sortable=True)]
     setting_rows = [[label(r, {k: all_settings[r['run']][k] for k in varied}), *all_settings[r["run"]].values()] for r in runs]
     out += [Heading(3, "settings"), Table(["run", *SETTINGS], setting_rows, sortable=True)]
-    from nnopt.plugins.analyzers._plot import new_figure
+    from .figure_style import new_figure
 
     fig, ax = new_figure()
     drawn = 0

@@ -183,8 +183,7 @@ def plot_metric(table: SweepTable, metric: str, axis: str, out_dir: Path) -> Pat
     """``metric`` against the values of ``axis``, one line per combination of the other axes;
     a numeric axis spanning 50x or more of positive values is drawn on a log scale. None when
     no row has the metric."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .figure_style import new_figure, save
 
     points = [(r["params"].get(axis), r["metrics"][metric], r) for r in table.rows
               if isinstance(r["metrics"].get(metric), (int, float)) and math.isfinite(r["metrics"][metric])]
@@ -202,9 +201,7 @@ def plot_metric(table: SweepTable, metric: str, axis: str, out_dir: Path) -> Pat
     for v, y, row in points:
         label = ", ".join(f"{a.rsplit('.', 1)[-1]}={_value(row['params'].get(a))}" for a in others)
         series.setdefault(label, []).append((position[json.dumps(v, sort_keys=not numeric)], float(y)))
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = new_figure()
     for label, pts in series.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label or None)
@@ -218,10 +215,7 @@ def plot_metric(table: SweepTable, metric: str, axis: str, out_dir: Path) -> Pat
     ax.set_title(f"{table.pipeline}: {metric} against {axis.rsplit('.', 1)[-1]}")
     if len(series) > 1:
         ax.legend(fontsize="small")
-    path = out_dir / f"{_safe(metric)}_vs_{_safe(axis)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save(fig, out_dir / f"{_safe(metric)}_vs_{_safe(axis)}.png")
 
 
 def _scalar(v: Any) -> bool:

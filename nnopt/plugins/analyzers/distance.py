@@ -11,6 +11,7 @@ from pydantic import Field
 from nnopt.core.component import Params, WeightRef
 from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
+from nnopt.core import figure_style as fs
 
 
 class DistanceParams(Params):
@@ -91,7 +92,7 @@ class Distance(Analyzer):
         if not names:
             return []
         fig, ax = new_figure(max(4.0, 0.5 * len(names) + 2.0), 4.0)
-        ax.bar(range(len(names)), [layers[n]["relative"] for n in names], color="tab:blue")
+        ax.bar(range(len(names)), [layers[n]["relative"] for n in names], color=fs.BLUE)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖")
         rel = results.get("relative")

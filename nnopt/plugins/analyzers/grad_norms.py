@@ -10,6 +10,7 @@ from pydantic import Field
 
 from nnopt.core.component import Params
 from nnopt.core.kinds import AnalysisContext, Analyzer
+from nnopt.core import figure_style as fs
 
 
 class GradNormsParams(Params):
@@ -114,7 +115,7 @@ class GradNorms(Analyzer):
             return []
         fig, ax = new_figure(max(6.4, 0.45 * len(values) + 2), 4.0)
         positions = list(range(len(values)))
-        ax.bar(positions, [v if v > 0 else float("nan") for v in values], color="tab:blue")
+        ax.bar(positions, [v if v > 0 else float("nan") for v in values], color=fs.BLUE)
         ax.set_xticks(positions, [_short(n) for n in names], rotation=45, ha="right", fontsize=8)
         positive = [v for v in values if v > 0 and math.isfinite(v)]
         set_log_y(ax, positive or [1.0])
@@ -179,7 +180,7 @@ def _heatmap(series: list[tuple[int, dict[str, Any]]], names: list[str], path: P
         x_edges = [steps[0] - (mids[0] - steps[0])] + mids + [steps[-1] + (steps[-1] - mids[-1])]
     else:
         x_edges = [steps[0] - 0.5, steps[0] + 0.5]
-    mesh = ax.pcolormesh(x_edges, list(range(len(names) + 1)), grid, norm=norm, cmap="viridis", shading="flat")
+    mesh = ax.pcolormesh(x_edges, list(range(len(names) + 1)), grid, norm=norm, cmap=fs.SEQUENTIAL, shading="flat")
     ax.set_yticks([i + 0.5 for i in range(len(names))], [_short(n) for n in names], fontsize=7)
     ax.invert_yaxis()  # input layer on top, as the network is usually drawn
     ax.set_xlabel("step")
@@ -206,6 +207,4 @@ def _short(name: str) -> str:
 
 
 def _layer_color(i: int, n: int) -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](i / max(n - 1, 1))
+    return fs.ramp(i, n)

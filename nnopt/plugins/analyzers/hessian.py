@@ -20,6 +20,7 @@ from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .hvp import CurvatureParams, curvature_operator
 from .lanczos import broadened_density, hutchinson, lanczos, power_iteration, slq, slq_trace
+from nnopt.core import figure_style as fs
 
 
 def _common(ctx: AnalysisContext, p: CurvatureParams, op: Any, started: float) -> dict[str, Any]:
@@ -102,9 +103,9 @@ class HessianEigs(Analyzer):
         ax.stem(idx, values, basefmt="grey")
         bad = [(i, v) for i, v, c in zip(idx, values, conv) if not c]
         if bad:
-            ax.plot(*zip(*bad), "x", color="tab:red", label="not converged")
+            ax.plot(*zip(*bad), "x", color=fs.VERMILLION, label="not converged")
         if results.get("two_over_lr"):
-            ax.axhline(results["two_over_lr"], linestyle="--", color="tab:orange", label="2/η")
+            ax.axhline(results["two_over_lr"], linestyle="--", color=fs.ORANGE, label="2/η")
         ax.set_xlabel("index (top ones first)")
         ax.set_ylabel(f"eigenvalue of {results.get('curvature', 'hessian')}")
         ax.set_title(f"{results.get('method')}: {len(values)} eigenvalues in {results.get('n_hvps')} products",
@@ -124,7 +125,7 @@ class HessianEigs(Analyzer):
         ax.plot(steps, tops, marker="o", markersize=3, label="λ_max")
         lr_steps, bound = finite_pairs([s for s, _ in series], [r.get("two_over_lr") for _, r in series])
         if bound:
-            ax.plot(lr_steps, bound, linestyle="--", color="tab:orange", label="2/η")
+            ax.plot(lr_steps, bound, linestyle="--", color=fs.ORANGE, label="2/η")
         ax.set_xlabel("step")
         ax.set_ylabel("top eigenvalue")
         ax.set_title("sharpness during training (edge of stability: λ_max ≈ 2/η)", fontsize=9)
@@ -237,9 +238,9 @@ class HessianDensity(Analyzer):
         ax.plot(grid, shown, linewidth=1.2)
         set_log_y(ax, shown)
         for v in results.get("outliers") or []:
-            ax.axvline(v, color="tab:red", linewidth=0.6, alpha=0.5)
+            ax.axvline(v, color=fs.VERMILLION, linewidth=0.6, alpha=0.5)
         if results.get("bulk_edge") is not None:
-            ax.axvline(results["bulk_edge"], color="grey", linestyle="--", linewidth=0.8, label="bulk edge")
+            ax.axvline(results["bulk_edge"], color=fs.GREY, linestyle="--", linewidth=0.8, label="bulk edge")
             ax.legend(fontsize=7)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log)")
@@ -294,7 +295,7 @@ class HessianTrace(Analyzer):
         se = results.get("trace_se")
         if isinstance(se, float) and math.isfinite(se):
             t = results["trace"]
-            ax.axhspan(t - 2 * se, t + 2 * se, color="tab:blue", alpha=0.15, label="±2 SE")
+            ax.axhspan(t - 2 * se, t + 2 * se, color=fs.BLUE, alpha=0.15, label="±2 SE")
         ax.set_xlabel("probes")
         ax.set_ylabel("trace estimate")
         ax.set_title(f"Hutchinson trace {results.get('trace', float('nan')):.4g} ± {se if se is not None else float('nan'):.2g}",
@@ -363,7 +364,7 @@ class HessianExact(Analyzer):
         if not values:
             return []
         fig, ax = new_figure(6.4, 4.0)
-        ax.hist(values, bins=min(100, max(10, len(values) // 5)), log=True, color="tab:blue")
+        ax.hist(values, bins=min(100, max(10, len(values) // 5)), log=True, color=fs.BLUE)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("count (log)")
         ax.set_title(f"exact spectrum of the {results.get('curvature', 'hessian')} (d = {len(values)})", fontsize=9)

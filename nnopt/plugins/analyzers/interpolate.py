@@ -14,6 +14,7 @@ from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .grid_axis import Axis
+from nnopt.core import figure_style as fs
 
 Metric = Literal["train_loss", "test_loss", "train_error", "test_error"]
 
@@ -156,20 +157,20 @@ class Interpolate(Analyzer):
         for split, style in (("train", "-"), ("test", "--")):
             xs, ys = finite_pairs(alphas, results.get(f"{split}_loss") or [])
             if ys:
-                ax.plot(xs, ys, linestyle=style, color="tab:blue", label=f"{split} loss")
+                ax.plot(xs, ys, linestyle=style, color=fs.BLUE, label=f"{split} loss")
                 drawn = True
         if not drawn:
             return []
         ax.set_xlabel(f"α   (0: {results.get('a', 'a')},  1: {results.get('b', 'b')})")
         ax.set_ylabel("loss")
         for edge in (0.0, 1.0):
-            ax.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
+            ax.axvline(edge, color=fs.GREY, linewidth=0.8, linestyle=":")
         acc_ax = None
         for split, style in (("train", "-"), ("test", "--")):
             xs, ys = finite_pairs(alphas, results.get(f"{split}_accuracy") or [])
             if ys:
                 acc_ax = acc_ax or ax.twinx()
-                acc_ax.plot(xs, ys, linestyle=style, color="tab:orange", label=f"{split} accuracy")
+                acc_ax.plot(xs, ys, linestyle=style, color=fs.ORANGE, label=f"{split} accuracy")
         if acc_ax is not None:
             acc_ax.set_ylabel("accuracy")
             acc_ax.legend(fontsize=7, loc="center right")

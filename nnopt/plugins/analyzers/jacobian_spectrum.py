@@ -13,6 +13,7 @@ from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .signal_propagation import sample_inputs
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -122,8 +123,8 @@ class JacobianSpectrum(Analyzer):
             return []
         fig, ax = new_figure()
         widths = [b - a for a, b in zip(edges, edges[1:])]
-        ax.bar(edges[:-1], counts, width=widths, align="edge", color="tab:blue", edgecolor="white", linewidth=0.4)
-        ax.axvline(1.0, color="black", linestyle="--", linewidth=1.0, label="σ = 1 (isometry)")
+        ax.bar(edges[:-1], counts, width=widths, align="edge", color=fs.BLUE, edgecolor="white", linewidth=0.4)
+        ax.axvline(1.0, color=fs.BLACK, linestyle="--", linewidth=1.0, label="σ = 1 (isometry)")
         ax.set_xlabel("singular value σ of ∂z^L/∂x")
         ax.set_ylabel("count")
         where = results.get("layer") or "output"
@@ -138,8 +139,8 @@ class JacobianSpectrum(Analyzer):
 
         if not series:
             return []
-        return positive_series_figure(series, (("max", "max σ", "tab:red"), ("mean", "mean σ", "black"),
-                                               ("min", "min σ", "tab:blue")),
+        return positive_series_figure(series, (("max", "max σ", fs.VERMILLION), ("mean", "mean σ", fs.BLACK),
+                                               ("min", "min σ", fs.BLUE)),
                                       "singular value of the input–output Jacobian", "Jacobian spectrum over training",
                                       Path(out_dir) / "jacobian_spectrum_track.png")
 

@@ -12,6 +12,7 @@ from pydantic import Field
 from nnopt.core.component import KernelRef, Params
 from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer, KernelSource
+from nnopt.core import figure_style as fs
 
 #: at most this many kernel entries are kept in the results for the scatter plot
 SCATTER_POINTS = 2000
@@ -104,7 +105,7 @@ class KernelCompare(Analyzer):
         fig, ax = new_figure(5.0, 4.6)
         ax.scatter(xs, ys, s=6, alpha=0.5, linewidths=0)
         lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
-        ax.plot([lo, hi], [lo, hi], linestyle="--", color="grey", linewidth=1.0, label="K_a = K_b")
+        ax.plot([lo, hi], [lo, hi], linestyle="--", color=fs.GREY, linewidth=1.0, label="K_a = K_b")
         ax.set_xlabel(f"{results.get('b')} {results.get('which')}")
         ax.set_ylabel(f"{results.get('a')} {results.get('which')}")
         err = results.get("relative_error")

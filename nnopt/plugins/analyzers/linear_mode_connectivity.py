@@ -12,6 +12,7 @@ from pydantic import Field
 from nnopt.core.component import Params, WeightRef
 from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -158,13 +159,13 @@ class LinearModeConnectivity(Analyzer):
         ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, label=f"{results.get('metric', 'value')} of θ(α)")
         v0, v1 = values[0], values[-1]
         if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (v0, v1)):
-            ax.plot([0.0, 1.0], [v0, v1], linestyle="--", linewidth=1.0, color="grey", label="chord (1−α)v(0) + αv(1)")
-            ax.axhline(0.5 * (v0 + v1), linestyle=":", linewidth=1.0, color="grey", label="mean of endpoints")
+            ax.plot([0.0, 1.0], [v0, v1], linestyle="--", linewidth=1.0, color=fs.GREY, label="chord (1−α)v(0) + αv(1)")
+            ax.axhline(0.5 * (v0 + v1), linestyle=":", linewidth=1.0, color=fs.GREY, label="mean of endpoints")
             alpha = results.get("barrier_alpha")
             if isinstance(alpha, (int, float)) and math.isfinite(alpha):
                 chord = (1 - alpha) * v0 + alpha * v1
                 ax.annotate("", xy=(alpha, chord + results["barrier"]), xytext=(alpha, chord),
-                            arrowprops={"arrowstyle": "<->", "color": "tab:red"})
+                            arrowprops={"arrowstyle": "<->", "color": fs.VERMILLION})
         ax.set_xlabel(f"α   (0: {results.get('a', 'a')},  1: {results.get('b', 'b')})")
         ax.set_ylabel(f"{results.get('split', '')} {results.get('metric', '')}".strip())
         verdict = "stable" if results.get("stable") else "unstable"

@@ -14,6 +14,7 @@ from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .ntk_spectrum import kernel_matrix
 from .signal_propagation import sample_inputs
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -125,8 +126,8 @@ class NTKDrift(Analyzer):
             return []
         ref = series[0][1].get("reference_step")
         title = "NTK and weight drift over training" + (f" (from step {ref})" if ref not in (0, None) else "")
-        return positive_series_figure(series, (("ntk_drift", "‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F", "tab:red"),
-                                               ("weight_drift", "‖θ_t − θ_0‖ / ‖θ_0‖", "tab:blue")),
+        return positive_series_figure(series, (("ntk_drift", "‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F", fs.VERMILLION),
+                                               ("weight_drift", "‖θ_t − θ_0‖ / ‖θ_0‖", fs.BLUE)),
                                       "relative drift", title, Path(out_dir) / "ntk_drift.png", markers=True)
 
 

@@ -12,6 +12,7 @@ from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .hvp import CurvatureParams, curvature_operator
 from .lanczos import hutchinson, lanczos
+from nnopt.core import figure_style as fs
 
 
 class SharpnessParams(CurvatureParams):
@@ -113,8 +114,8 @@ class Sharpness(Analyzer):
             return []
         fig, ax = new_figure(6.4, 4.0)
         ax.plot(range(len(history)), history, marker="o", markersize=3, label="L(θ + δ) along the ascent")
-        ax.axhline(results["loss"], color="grey", linestyle="--", linewidth=0.8, label="L(θ)")
-        ax.axhline(results["max_loss"], color="tab:red", linestyle=":", linewidth=0.8, label="max found")
+        ax.axhline(results["loss"], color=fs.GREY, linestyle="--", linewidth=0.8, label="L(θ)")
+        ax.axhline(results["max_loss"], color=fs.VERMILLION, linestyle=":", linewidth=0.8, label="max found")
         ax.set_xlabel("ascent step (0: θ itself)")
         ax.set_ylabel("loss")
         parts = [f"ε-sharpness {results.get('sharpness', float('nan')):.3g} (ε = {results.get('epsilon')})"]

@@ -15,6 +15,7 @@ from pydantic import Field
 from nnopt.core.component import Params
 from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -191,10 +192,10 @@ class SignalPropagation(Analyzer):
                   and math.isfinite(v) and v > 0]
         if values:
             levels = results.get("M_quantile_levels") or list(M_QUANTILES)
-            ax.fill_between(depth, [max(v, min(values)) for v in lo], hi, alpha=0.25, color="tab:blue",
+            ax.fill_between(depth, [max(v, min(values)) for v in lo], hi, alpha=0.25, color=fs.BLUE,
                             label=f"{levels[0]:.0%}–{levels[-1]:.0%} of examples")
-            ax.plot(depth, mid, color="tab:blue", label="median Mˡ")
-            ax.plot(*finite_pairs(depth, results.get("M_mean") or []), color="black", linestyle="--", label="mean Mˡ")
+            ax.plot(depth, mid, color=fs.BLUE, label="median Mˡ")
+            ax.plot(*finite_pairs(depth, results.get("M_mean") or []), color=fs.BLACK, linestyle="--", label="mean Mˡ")
             set_log_y(ax, values)
             ax.legend(fontsize=8)
         var = (results.get("log_M_var") or [math.nan])[-1]
@@ -419,6 +420,4 @@ def _at(values: Any, i: int) -> Any:
 
 
 def _layer_color(i: int, n: int) -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](i / max(n - 1, 1))
+    return fs.ramp(i, n)

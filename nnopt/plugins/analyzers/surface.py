@@ -15,6 +15,7 @@ from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext, Analyzer
 
 from .grid_axis import Axis
+from nnopt.core import figure_style as fs
 
 DEFAULT_AXIS = {"start": -1.0, "stop": 1.0, "points": 21}
 MAX_GRID = 250_000  # 500 × 500 points
@@ -219,10 +220,10 @@ class Surface(Analyzer):
             levels = np.geomspace(lo, hi, 25)
         else:
             levels = np.linspace(lo, hi if hi > lo else lo + 1.0, 25)
-        filled = ax.contourf(xx, yy, np.where(np.isfinite(z), z, hi), levels=levels, cmap="viridis")
+        filled = ax.contourf(xx, yy, np.where(np.isfinite(z), z, hi), levels=levels, cmap=fs.SEQUENTIAL)
         ax.contour(xx, yy, np.where(np.isfinite(z), z, hi), levels=levels[::3], colors="white", linewidths=0.5)
         fig.colorbar(filled, ax=ax, label=label)
-        ax.plot([0.0], [0.0], marker="*", color="tab:red", markersize=10, label=results.get("at") or "θ*")
+        ax.plot([0.0], [0.0], marker="*", color=fs.VERMILLION, markersize=10, label=results.get("at") or "θ*")
         traj = results.get("trajectory") or []
         if traj:
             ax.plot([t["x"] for t in traj], [t["y"] for t in traj], marker="o", markersize=3, color="white",
@@ -235,10 +236,8 @@ class Surface(Analyzer):
         ax.legend(fontsize=7, loc="upper right")
         files.append(save(fig, Path(out_dir) / "surface_contour.png"))
 
-        fig, ax = new_figure(6.0, 5.0)
-        fig.delaxes(ax)
-        ax3 = fig.add_subplot(1, 1, 1, projection="3d")
-        ax3.plot_surface(xx, yy, np.where(np.isfinite(z), z, np.nan), cmap="viridis", linewidth=0, antialiased=True)
+        fig, ax3 = new_figure(6.0, 5.0, projection="3d")
+        ax3.plot_surface(xx, yy, np.where(np.isfinite(z), z, np.nan), cmap=fs.SEQUENTIAL, linewidth=0, antialiased=True)
         ax3.set_xlabel(names[0])
         ax3.set_ylabel(names[1])
         ax3.set_zlabel(label)

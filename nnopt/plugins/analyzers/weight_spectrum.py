@@ -131,7 +131,7 @@ class WeightSpectrum(Analyzer):
         }
 
     def plot(self, results: dict[str, Any], out_dir: Path) -> list[Path]:
-        from matplotlib import colormaps
+        from nnopt.core.figure_style import ramp
 
         from ._plot import finite_pairs, new_figure, save, set_log_y
 
@@ -140,9 +140,8 @@ class WeightSpectrum(Analyzer):
             return []
         fig, ax = new_figure(7.2, 4.4)
         plotted: list[float] = []
-        cmap = colormaps["viridis"]
         for i, (name, entry) in enumerate(layers.items()):
-            color = cmap(i / max(len(layers) - 1, 1))
+            color = ramp(i, len(layers))
             top = entry.get("top") or []
             xs, ys = finite_pairs(range(1, len(top) + 1), top)
             if ys:

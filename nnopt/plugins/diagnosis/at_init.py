@@ -24,6 +24,7 @@ from nnopt.plugins.analyzers.jacobian_spectrum import JacobianSpectrum
 from nnopt.plugins.analyzers.signal_propagation import SignalPropagation, _activation_types
 
 from . import mean_field
+from nnopt.core import figure_style as fs
 
 JACOBIAN_SAMPLES = 8
 JACOBIAN_MAX_ENTRIES = 2**20  # entries of one input–output Jacobian (out × in) measured at most
@@ -262,19 +263,14 @@ def plot_at_init(evidence: dict[str, Any], out_dir: Path) -> list[Path]:
     """``init_signals.png``: (1) measured q̂ˡ and mean-field qˡ per weight layer (log y), (2) the
     gradient norm ‖∂L/∂W_l‖_F per weight layer (log y), (3) the dead / saturated fraction per
     activation layer. NaN/inf points are left out."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from nnopt.plugins.analyzers._plot import finite_pairs, new_figure, save, set_log_y
 
-    from nnopt.plugins.analyzers._plot import finite_pairs, save, set_log_y
-
-    fig = Figure(figsize=(15.0, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    fig, (ax1, ax2, ax3) = new_figure(15.0, 4.2, 1, 3)
 
     fwd = evidence.get("forward") or {}
     depth = list(range(1, len(fwd.get("layers") or []) + 1))
     shown: list[float] = []
-    for key, label, style in (("q_hat", "measured q̂ˡ", dict(marker="o")), ("q", "mean-field qˡ", dict(marker="x", linestyle="--"))):
+    for key, label, style in (("q_hat", r"measured $\hat{q}^l$", dict(marker="o")), ("q", r"mean-field $q^l$", dict(marker="x", linestyle="--"))):
         xs, ys = finite_pairs(depth, fwd.get(key) or [])
         pts = [(a, b) for a, b in zip(xs, ys) if b > 0]
         if pts:
@@ -284,26 +280,26 @@ def plot_at_init(evidence: dict[str, Any], out_dir: Path) -> list[Path]:
         set_log_y(ax1, shown)
         ax1.legend(fontsize=8)
     phase = evidence.get("phase")
-    ax1.set_title("pre-activation second moment" + (f" ({phase['phase']}, χ₁ = {phase['chi1']:.3g})" if phase else ""))
+    ax1.set_title("pre-activation second moment" + (f" ({phase['phase']}, $\\chi_1$ = {phase['chi1']:.3g})" if phase else ""))
     ax1.set_xlabel("weight layer l (input → output)")
-    ax1.set_ylabel("q̂ˡ = mean (hˡ)²")
+    ax1.set_ylabel(r"$\hat{q}^l = \mathrm{mean}\,(h^l)^2$")
     ax1.grid(True, which="both", alpha=0.3)
 
     grads = evidence.get("gradients") or {}
     xs, ys = finite_pairs(list(range(1, len(grads.get("weights") or []) + 1)), grads.get("weights") or [])
     pts = [(a, b) for a, b in zip(xs, ys) if b > 0]
     if pts:
-        ax2.plot(*zip(*pts), marker="o", color="tab:red")
+        ax2.plot(*zip(*pts), marker="o", color=fs.VERMILLION)
         set_log_y(ax2, [b for _, b in pts])
     ax2.set_title("gradient norm per weight layer")
     ax2.set_xlabel("weight layer l (input → output)")
-    ax2.set_ylabel("‖∂L/∂W_l‖_F")
+    ax2.set_ylabel(r"$\|\partial L/\partial W_l\|_F$")
     ax2.grid(True, which="both", alpha=0.3)
 
     units = evidence.get("units") or {}
     pos = list(range(1, len(units.get("layers") or []) + 1))
-    for key, label, color in (("dead_fraction", "dead units (ReLU-like)", "black"),
-                              ("saturated_fraction", "saturated (unit, example) pairs", "tab:orange")):
+    for key, label, color in (("dead_fraction", "dead units (ReLU-like)", fs.BLACK),
+                              ("saturated_fraction", "saturated (unit, example) pairs", fs.ORANGE)):
         xs, ys = finite_pairs(pos, units.get(key) or [])
         if xs:
             ax3.bar(xs, ys, color=color, label=label, alpha=0.8)

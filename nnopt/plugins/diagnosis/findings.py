@@ -33,6 +33,10 @@ RELU_LIKE = frozenset({"relu", "leaky_relu", "elu", "gelu", "silu", "swish", "so
 LINEAR_LIKE = frozenset({"linear", "identity"})
 ADAPTIVE = frozenset({"adam", "adamw", "amsgrad", "nadam", "radam", "adamax", "adagrad", "rmsprop", "adadelta",
                       "adafactor", "lamb", "lion"})
+#: the fewest weight layers at which the mean-field phase (ordered / chaotic) is a finding
+MIN_PHASE_DEPTH = 5
+#: the fewest probe steps from which a stalled loss says something about the rate
+MIN_PROBE_STEPS = 50
 #: architectures with identity shortcuts around their blocks
 WITH_SKIPS = frozenset({"resnet", "resnet20", "resnet32", "resnet56"})
 
@@ -193,7 +197,8 @@ class ChaoticInit(Check):
         if phase.get("phase") != "chaotic" or not finite(chi) or chi <= 1.1:
             return None
         depth_scale = phase.get("depth_scale")
-        deep = not finite(depth_scale) or setup.depth >= min(depth_scale, 8)
+        # a shallow net hardly feels the phase: gradients grow by χ₁ per layer for few layers
+        deep = setup.depth >= MIN_PHASE_DEPTH and (not finite(depth_scale) or setup.depth >= min(depth_scale, 8))
         if not deep:
             return None
         return self.finding(
@@ -221,10 +226,13 @@ class OrderedInit(Check):
         if phase.get("phase") != "ordered" or not finite(chi) or chi >= 0.9:
             return None
         depth_scale = phase.get("depth_scale")
-        if finite(depth_scale) and setup.depth < 2 * depth_scale:
+        # vanishing matters once χ₁^depth is small: at least MIN_PHASE_DEPTH layers and more
+        # than ln(100)·ξ of them (gradients down 100×)
+        if setup.depth < MIN_PHASE_DEPTH or (finite(depth_scale) and setup.depth < math.log(100) * depth_scale):
             return None
         return self.finding(
-            "warning", f"initialized in the ordered phase: χ₁ = {chi:.3g}, depth {setup.depth} ≥ 2ξ = {2 * depth_scale:.3g}",
+            "warning", f"initialized in the ordered phase: χ₁ = {chi:.3g}, depth {setup.depth} ≥ ln(100)·ξ = "
+            f"{math.log(100) * depth_scale:.3g}",
             {"chi1": chi, "sigma_w2": phase.get("sigma_w2"), "depth_scale": depth_scale, "depth": setup.depth,
              "plot": "plots/init_signals.png"},
             "With χ₁ < 1 every input converges to the same representation and gradients shrink by χ₁ per layer; "
@@ -382,7 +390,8 @@ class NeedsWarmup(Check):
         spike = early.get("max_over_first", math.nan)  # max loss of the first 10% of steps / the first loss
         first_update = early.get("first_update_ratio", math.nan)
         diverged = get(evidence, "probe.status") == "diverged"
-        unstable = diverged or (finite(spike) and spike > 1.5) or (finite(first_update) and first_update > 0.05)
+        # the loss itself must show it: a large first update alone is normal from a small init
+        unstable = diverged or (finite(spike) and spike > 1.5)
         if not unstable:
             return None
         length = max(1, min(setup.steps // 10, 500))
@@ -450,8 +459,12 @@ class DeadUnits(Check):
             return None
         # dead from the start is a cause; dying during the probe is a symptom (of a too-large
         # step, most often), ranked after the finding that explains it
-        severity = "critical" if finite(at_init) and at_init > 0.6 else "warning"
         when = "at initialization" if finite(at_init) and at_init >= 0.25 else "after the probe"
+        if when == "at initialization":
+            severity: Severity = "critical" if at_init > 0.6 else "warning"
+        else:  # units that die while the loss still falls well are capacity lost, not a failure
+            decrease = get(evidence, "probe.loss.relative_decrease")
+            severity = "warning" if worst >= 0.5 and not (finite(decrease) and decrease >= 0.9) else "info"
         return self.finding(
             severity, f"{worst * 100:.0f}% of the units of a layer are dead {when}",
             {"max_dead_fraction": worst, "at_init": get(evidence, "at_init.units.dead_fraction"),
@@ -474,8 +487,10 @@ class SaturatedUnits(Check):
         if not finite(frac) or frac < 0.3:
             return None
         init = init_for(setup)
+        decrease = get(evidence, "probe.loss.relative_decrease")
+        severity: Severity = "info" if finite(decrease) and decrease >= 0.5 else "warning"  # it learns anyway
         return self.finding(
-            "warning", f"{frac * 100:.0f}% of a layer's (unit, example) pairs are saturated at initialization",
+            severity, f"{frac * 100:.0f}% of a layer's (unit, example) pairs are saturated at initialization",
             {"max_saturated_fraction": frac, "per_layer": get(evidence, "at_init.units.saturated_fraction"),
              "plot": "plots/init_signals.png"},
             "Where |h| is large φ'(h) ≈ 0, so a saturated unit passes almost no gradient back; too-large initial "
@@ -492,6 +507,8 @@ class LrTooSmall(Check):
         decrease = get(evidence, "probe.loss.relative_decrease")
         suggested = get(evidence, "lr_range.suggested_lr")
         if not (finite(decrease) and finite(suggested)) or decrease > 0.1 or suggested < 10 * setup.lr:
+            return None
+        if (get(evidence, "probe.steps") or 0) < MIN_PROBE_STEPS:  # a few steps of a utility stage prove nothing
             return None
         bound = get(evidence, "curvature.threshold.threshold")
         lam = get(evidence, "curvature.at_init.lambda_max")

@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -148,12 +149,12 @@ def plot_lr_range(result: dict[str, Any], path: Path | str) -> Path:
     fig, ax = new_figure()
     xs, ys = finite_pairs(result.get("lrs", []), result.get("losses", []))
     if xs:
-        ax.plot(xs, ys, color="tab:blue", linewidth=1.4, label="smoothed batch loss")
+        ax.plot(xs, ys, color=fs.BLUE, linewidth=1.4, label="smoothed batch loss")
         set_log_y(ax, ys)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(PlainLogFormatter(10))
-    marks = [("suggested_lr", "suggested", "tab:green", "-"), ("lr", "pipeline lr", "tab:red", "--"),
-             ("diverged_at", "diverged", "tab:gray", ":")]
+    marks = [("suggested_lr", "suggested", fs.GREEN, "-"), ("lr", "pipeline lr", fs.BLACK, "--"),
+             ("diverged_at", "diverged", fs.VERMILLION, ":")]
     for key, label, color, style in marks:
         value = result.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from nnopt.core.component import WeightRef
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec
+from nnopt.core import figure_style as fs
 
 #: the table's columns, in order (``results.lottery.columns``)
 COLUMNS = ("round", "variant", "status", "weights_remaining", "test_accuracy", "test_loss", "best_step",
@@ -163,7 +164,7 @@ def _plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
             if bad:
                 ax.plot(*zip(*bad), linestyle="none", marker="x", markersize=9, color=line.get_color())
     if dense[metric] is not None:
-        ax.axhline(dense[metric], color="gray", linestyle="--", linewidth=1, label="dense")
+        ax.axhline(dense[metric], color=fs.GREY, linestyle="--", linewidth=1, label="dense")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(_plain_percent())
     ax.xaxis.set_minor_formatter(_plain_percent())  # plain numbers, no mathtext (see analyzers._plot)

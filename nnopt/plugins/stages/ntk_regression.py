@@ -13,6 +13,7 @@ from nnopt.core.kinds import KernelSource
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec, json_safe
 
 from ._common import derived_generator, evaluate, labels_of, seed_everything
+from nnopt.core import figure_style as fs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -227,7 +228,7 @@ class NTKRegression(Stage):
         kernels = [k for k in ("ntk", "nngp") if k in results]
         metric = "test_accuracy" if results.get("task") == "classification" else "test_mse"
         fig, ax = new_figure(6.4, 4.0)
-        colors = {"ntk": "tab:blue", "nngp": "tab:orange"}
+        colors = {"ntk": fs.BLUE, "nngp": fs.ORANGE}
         finite_any = False
         for name in kernels:
             block = results[name]
@@ -245,7 +246,7 @@ class NTKRegression(Stage):
         compare = results.get("compare") or {}
         net = compare.get("test_accuracy") if metric == "test_accuracy" else None
         if isinstance(net, (int, float)):
-            ax.axhline(net, color="tab:green", linestyle=":", linewidth=1.5, label=f"network {compare['stage']}: {net:.4g}")
+            ax.axhline(net, color=fs.GREEN, linestyle=":", linewidth=1.5, label=f"network {compare['stage']}: {net:.4g}")
         if finite_any:
             ax.set_xscale("log")
             ax.set_xlabel("t (η · steps of gradient flow)")

@@ -67,9 +67,15 @@ def test_chaotic_init_needs_a_saturating_activation_and_depth_beyond_the_depth_s
     assert one("chaotic_init", _phase(1.05, 20.0, "critical"), tanh) is None
 
 
-def test_ordered_init_fires_only_deeper_than_twice_the_depth_scale():
+def test_ordered_init_fires_only_where_gradients_decay_a_hundredfold_over_the_depth():
     assert one("ordered_init", _phase(0.5, 1.44, "ordered"), setup(activation="tanh", depth=10)) is not None
     assert one("ordered_init", _phase(0.5, 10.0, "ordered"), setup(activation="tanh", depth=10)) is None
+    # a shallow net (PyTorch's default init puts tanh nets in the ordered phase) is no finding
+    assert one("ordered_init", _phase(0.3, 0.83, "ordered"), setup(activation="tanh", depth=2)) is None
+
+
+def test_chaotic_init_is_no_finding_for_a_shallow_net():
+    assert one("chaotic_init", _phase(2.0, 1.4, "chaotic"), setup(activation="tanh", depth=3)) is None
 
 
 @pytest.mark.parametrize("ratio, expected", [(1e6, "exploding_forward"), (1e-6, "vanishing_forward"), (3.0, None)])
@@ -114,6 +120,8 @@ def test_depth_without_skips_turns_a_plain_network_into_its_residual_twin():
 
 def test_needs_warmup_wraps_the_written_schedule_in_a_warmup():
     ev = {"probe": {"early": {"max_over_first": 5.0, "first_update_ratio": 0.2}, "status": "ok"}}
+    calm = {"probe": {"early": {"max_over_first": 1.0, "first_update_ratio": 0.5}, "status": "ok"}}
+    assert one("needs_warmup", calm, setup(optimizer="adam")) is None  # a large first update alone: no
     adam = setup(optimizer="adam", schedule={"name": "cosine"}, steps=600)
     f = one("needs_warmup", ev, adam)
     assert f.patch[0].path == ("schedule",)
@@ -130,11 +138,16 @@ def test_dead_units_at_initialization_are_a_cause_and_dying_ones_a_symptom():
     dying = one("dead_units", {"at_init": {"units": {"max_dead_fraction": 0.0}},
                                "after_probe": {"units": {"max_dead_fraction": 0.9}}})
     assert dying.severity == "warning" and dying.instrument[0] == "after_probe.units.max_dead_fraction"
+    # units that died while the loss fell by 95% anyway: an observation
+    learned = one("dead_units", {"after_probe": {"units": {"max_dead_fraction": 0.9}},
+                                 "probe": {"loss": {"relative_decrease": 0.95}}})
+    assert learned.severity == "info"
+    assert one("dead_units", {"after_probe": {"units": {"max_dead_fraction": 0.3}}}).severity == "info"
     assert one("dead_units", {"at_init": {"units": {"max_dead_fraction": 0.1}}}) is None
 
 
 def test_lr_too_small_stays_under_the_stability_bound():
-    ev = {"probe": {"loss": {"relative_decrease": 0.01}}, "lr_range": {"suggested_lr": 10.0},
+    ev = {"probe": {"loss": {"relative_decrease": 0.01}, "steps": 200}, "lr_range": {"suggested_lr": 10.0},
           "curvature": {"at_init": {"lambda_max": 1.0}, "threshold": {"threshold": 20.0}}}
     f = one("lr_too_small", ev, setup(lr=0.01))
     # suggested 10, but half the largest stable rate is η·0.5·bound/λ = 0.01·0.5·20/1 = 0.1
@@ -142,7 +155,9 @@ def test_lr_too_small_stays_under_the_stability_bound():
     # a stable rate barely above the current one is no recommendation
     assert one("lr_too_small", {**ev, "curvature": {"at_init": {"lambda_max": 4.0}, "threshold": {"threshold": 20.0}}},
                setup(lr=0.01)) is None
-    assert one("lr_too_small", {**ev, "probe": {"loss": {"relative_decrease": 0.6}}}, setup(lr=0.01)) is None
+    assert one("lr_too_small", {**ev, "probe": {"loss": {"relative_decrease": 0.6}, "steps": 200}}, setup(lr=0.01)) is None
+    # a 1-step stage (kept for its initialization) proves nothing about the rate
+    assert one("lr_too_small", {**ev, "probe": {"loss": {"relative_decrease": 0.0}, "steps": 1}}, setup(lr=0.01)) is None
 
 
 def test_informational_findings_do_not_make_a_pipeline_unhealthy():
