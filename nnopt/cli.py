@@ -377,7 +377,7 @@ def diagnose(file: str, stage: str | None, sets: tuple[str, ...], store_dir: str
     diagnosis is a cached `diagnose` stage: running it again is instant."""
     click_ctx = click.get_current_context()
     click_ctx.meta["json"] = as_json
-    from nnopt.diagnose import apply_best, diagnose_file, render_text
+    from nnopt.diagnose_file import apply_best, diagnose_file, render_text
 
     _require_file(file)
     if apply_to is not None and Path(apply_to).resolve() == Path(file).resolve():

@@ -47,21 +47,43 @@ def _view(value: Any) -> Any:
 
 
 def run(file: str | Path, overrides: Mapping[str, Any] | None = None, store: str | Path | None = None,
-        force: bool = False, redo: tuple[str, ...] | list[str] = ()) -> JsonView:
+        force: bool = False, redo: tuple[str, ...] | list[str] = (), track: tuple[str, ...] | list[str] = ()) -> JsonView:
     """Run a pipeline file as ``nnopt run FILE --set PATH=VALUE ...`` does; returns the
     ``--json`` result (``.status``, ``.stages[id].metrics``; ``.runs`` for a matrix).
 
     ``overrides`` maps dotted paths to Python values (``{"model.arch.widths": [64, 64]}``),
     validated exactly like ``--set``. The store is ``store``, else ``$NNOPT_HOME``, else ``./.nnopt``.
+    ``track`` names trackers besides the file's own, as ``--track NAME`` does.
     """
     from nnopt.core.invocation import run_pipeline
-    from nnopt.core.store import Store, default_root
+    from nnopt.core.trackers import track_refs
 
     sets = [_as_set(path, value) for path, value in (overrides or {}).items()]
-    root = Path(store) if store is not None else default_root()
-    result = run_pipeline(str(file), sets, Store(root), force=force, redo=tuple(redo),
+    result = run_pipeline(str(file), sets, _store(store), force=force, redo=tuple(redo), track=track_refs(tuple(track)),
                           argv=["nnopt.run", str(file), *(f"--set={s}" for s in sets)])
     return JsonView(result.to_json())
+
+
+def diagnose(file: str | Path, stage: str | None = None, overrides: Mapping[str, Any] | None = None,
+             store: str | Path | None = None, probe_steps: int | None = None, fixes: int | None = None,
+             lr_range: bool | None = None, force: bool = False) -> JsonView:
+    """Diagnose a train stage of a pipeline file as ``nnopt diagnose FILE --json`` does; returns
+    that JSON (``.findings``, ``.healthy``; ``.combinations`` for a matrix). A bad file or
+    stage raises ``SpecError``."""
+    from nnopt.diagnose_file import diagnose_file
+
+    sets = [_as_set(path, value) for path, value in (overrides or {}).items()]
+    found = diagnose_file(str(file), sets, _store(store), stage, probe_steps=probe_steps, fixes=fixes,
+                          lr_range=lr_range, force=force)
+    if len(found) == 1 and not found[0].params:
+        return JsonView(found[0].to_json())
+    return JsonView({"combinations": [d.to_json() for d in found], "healthy": all(d.healthy for d in found)})
+
+
+def _store(store: str | Path | None) -> Any:
+    from nnopt.core.store import Store, default_root
+
+    return Store(Path(store) if store is not None else default_root())
 
 
 def _as_set(path: str, value: Any) -> str:

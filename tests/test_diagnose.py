@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnopt.diagnose import FINDING_FIELDS
+from nnopt.diagnose_file import FINDING_FIELDS
 
 TINY = """\
 # a tiny pipeline: this comment must survive --apply

@@ -97,3 +97,21 @@ def test_import_nnopt_imports_no_torch():
     code = "import sys, nnopt; assert callable(nnopt.__getattr__); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_diagnose_returns_what_diagnose_json_prints(pipeline, tmp_path):
+    store = tmp_path / "store"
+    d = nnopt.diagnose(pipeline, store=store, probe_steps=10, lr_range=False, overrides={"model.arch.widths": [8]})
+    assert d.stage == "train" and isinstance(d.healthy, bool) and d.status == "ran"
+    assert all({"id", "severity", "verified", "patch"} <= set(f) for f in d.findings)
+    again = nnopt.diagnose(pipeline, store=store, probe_steps=10, lr_range=False, overrides={"model.arch.widths": [8]})
+    assert again.cached is True and again.findings == d.findings
+    with pytest.raises(SpecError):
+        nnopt.diagnose(pipeline, stage="probe", store=store)
+
+
+def test_run_streams_to_the_trackers_named_by_track(pipeline, tmp_path):
+    r = nnopt.run(pipeline, store=tmp_path / "store", track=["jsonl"])
+    assert r.status == "ok"
+    with pytest.raises(Exception, match="tracker"):
+        nnopt.run(pipeline, store=tmp_path / "store", track=["no-such-tracker"])

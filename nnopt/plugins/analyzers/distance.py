@@ -94,7 +94,7 @@ class Distance(Analyzer):
         fig, ax = new_figure(max(4.0, 0.5 * len(names) + 2.0), 4.0)
         ax.bar(range(len(names)), [layers[n]["relative"] for n in names], color=fs.BLUE)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖")
+        ax.set_ylabel(r"$\|\theta - \theta_0\| / \|\theta_0\|$")
         rel = results.get("relative")
         ax.set_title(f"distance to {results.get('to')}: overall {rel:.3g}" if isinstance(rel, (int, float))
                      else f"distance to {results.get('to')}", fontsize=9)
@@ -116,7 +116,7 @@ class Distance(Analyzer):
             if ly:
                 ax.plot(lx, ly, linewidth=0.8, label=name)
         ax.set_xlabel("step")
-        ax.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖")
+        ax.set_ylabel(r"$\|\theta - \theta_0\| / \|\theta_0\|$")
         ax.set_title(f"distance to {series[-1][1].get('to')}", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

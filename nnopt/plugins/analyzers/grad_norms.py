@@ -122,7 +122,7 @@ class GradNorms(Analyzer):
         if positive:  # bars on a log axis need a floor below the smallest one: a full decade
             ax.set_ylim(bottom=10 ** math.floor(math.log10(min(positive)) - 1e-9))
         ax.set_xlabel("weight layer (input → output)")
-        ax.set_ylabel("‖∂L/∂W‖_F")
+        ax.set_ylabel(r"$\|\partial L/\partial W\|_F$")
         ax.set_title(f"gradient norm per layer (total {results.get('total', float('nan')):.3g})")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         return [save(fig, Path(out_dir) / "grad_norms.png")]
@@ -149,7 +149,7 @@ class GradNorms(Analyzer):
             return []
         set_log_y(ax, plotted)
         ax.set_xlabel("step")
-        ax.set_ylabel("‖∂L/∂W‖_F")
+        ax.set_ylabel(r"$\|\partial L/\partial W\|_F$")
         ax.set_title("gradient norm per weight layer")
         ax.grid(True, which="both", alpha=0.3)
         if len(names) <= 12:
@@ -185,8 +185,8 @@ def _heatmap(series: list[tuple[int, dict[str, Any]]], names: list[str], path: P
     ax.invert_yaxis()  # input layer on top, as the network is usually drawn
     ax.set_xlabel("step")
     ax.set_ylabel("weight layer")
-    ax.set_title("‖∂L/∂W‖_F per weight layer over training")
-    log_colorbar(fig, mesh, ax, "‖∂L/∂W‖_F")
+    ax.set_title(r"$\|\partial L/\partial W\|_F$ per weight layer over training")
+    log_colorbar(fig, mesh, ax, r"$\|\partial L/\partial W\|_F$")
     return save(fig, path)
 
 

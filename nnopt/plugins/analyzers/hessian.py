@@ -105,7 +105,7 @@ class HessianEigs(Analyzer):
         if bad:
             ax.plot(*zip(*bad), "x", color=fs.VERMILLION, label="not converged")
         if results.get("two_over_lr"):
-            ax.axhline(results["two_over_lr"], linestyle="--", color=fs.ORANGE, label="2/η")
+            ax.axhline(results["two_over_lr"], linestyle="--", color=fs.ORANGE, label=r"$2/\eta$")
         ax.set_xlabel("index (top ones first)")
         ax.set_ylabel(f"eigenvalue of {results.get('curvature', 'hessian')}")
         ax.set_title(f"{results.get('method')}: {len(values)} eigenvalues in {results.get('n_hvps')} products",
@@ -122,13 +122,13 @@ class HessianEigs(Analyzer):
         if not tops:
             return []
         fig, ax = new_figure(6.4, 4.0)
-        ax.plot(steps, tops, marker="o", markersize=3, label="λ_max")
+        ax.plot(steps, tops, marker="o", markersize=3, label=r"$\lambda_{\max}$")
         lr_steps, bound = finite_pairs([s for s, _ in series], [r.get("two_over_lr") for _, r in series])
         if bound:
-            ax.plot(lr_steps, bound, linestyle="--", color=fs.ORANGE, label="2/η")
+            ax.plot(lr_steps, bound, linestyle="--", color=fs.ORANGE, label=r"$2/\eta$")
         ax.set_xlabel("step")
         ax.set_ylabel("top eigenvalue")
-        ax.set_title("sharpness during training (edge of stability: λ_max ≈ 2/η)", fontsize=9)
+        ax.set_title(r"sharpness during training (edge of stability: $\lambda_{\max} \approx 2/\eta$)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         return [save(fig, Path(out_dir) / "hessian_eigs_track.png")]

@@ -176,8 +176,8 @@ class Interpolate(Analyzer):
             acc_ax.legend(fontsize=7, loc="center right")
         mono = results.get("monotone") or {}
         bump = mono.get("max_bump")
-        ax.set_title(f"θ(α) = (1−α)θ_a + αθ_b: max bump {bump:.3g} on [0, 1] of {mono.get('metric')}"
-                     if isinstance(bump, (int, float)) and math.isfinite(bump) else "θ(α) = (1−α)θ_a + αθ_b",
+        ax.set_title(rf"$\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$: max bump {bump:.3g} on [0, 1] of {mono.get('metric')}"
+                     if isinstance(bump, (int, float)) and math.isfinite(bump) else r"$\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$",
                      fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper center")

@@ -124,8 +124,8 @@ class JacobianSpectrum(Analyzer):
         fig, ax = new_figure()
         widths = [b - a for a, b in zip(edges, edges[1:])]
         ax.bar(edges[:-1], counts, width=widths, align="edge", color=fs.BLUE, edgecolor="white", linewidth=0.4)
-        ax.axvline(1.0, color=fs.BLACK, linestyle="--", linewidth=1.0, label="σ = 1 (isometry)")
-        ax.set_xlabel("singular value σ of ∂z^L/∂x")
+        ax.axvline(1.0, color=fs.BLACK, linestyle="--", linewidth=1.0, label=r"$\sigma = 1$ (isometry)")
+        ax.set_xlabel(r"singular value $\sigma$ of $\partial z^L/\partial x$")
         ax.set_ylabel("count")
         where = results.get("layer") or "output"
         ax.set_title(f"Jacobian spectrum to {where} ({results.get('samples', '?')} inputs): "
@@ -139,8 +139,8 @@ class JacobianSpectrum(Analyzer):
 
         if not series:
             return []
-        return positive_series_figure(series, (("max", "max σ", fs.VERMILLION), ("mean", "mean σ", fs.BLACK),
-                                               ("min", "min σ", fs.BLUE)),
+        return positive_series_figure(series, (("max", r"max $\sigma$", fs.VERMILLION), ("mean", r"mean $\sigma$", fs.BLACK),
+                                               ("min", r"min $\sigma$", fs.BLUE)),
                                       "singular value of the input–output Jacobian", "Jacobian spectrum over training",
                                       Path(out_dir) / "jacobian_spectrum_track.png")
 

@@ -105,11 +105,11 @@ class KernelCompare(Analyzer):
         fig, ax = new_figure(5.0, 4.6)
         ax.scatter(xs, ys, s=6, alpha=0.5, linewidths=0)
         lo, hi = min(min(xs), min(ys)), max(max(xs), max(ys))
-        ax.plot([lo, hi], [lo, hi], linestyle="--", color=fs.GREY, linewidth=1.0, label="K_a = K_b")
+        ax.plot([lo, hi], [lo, hi], linestyle="--", color=fs.GREY, linewidth=1.0, label=r"$K_a = K_b$")
         ax.set_xlabel(f"{results.get('b')} {results.get('which')}")
         ax.set_ylabel(f"{results.get('a')} {results.get('which')}")
         err = results.get("relative_error")
-        ax.set_title(f"‖K_a − K_b‖_F/‖K_b‖_F = {err:.3g}  ({results.get('samples')} inputs)"
+        ax.set_title(rf"$\|K_a - K_b\|_F/\|K_b\|_F$ = {err:.3g}  ({results.get('samples')} inputs)"
                      if isinstance(err, (int, float)) else "kernel entries", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -126,8 +126,8 @@ class NTKDrift(Analyzer):
             return []
         ref = series[0][1].get("reference_step")
         title = "NTK and weight drift over training" + (f" (from step {ref})" if ref not in (0, None) else "")
-        return positive_series_figure(series, (("ntk_drift", "‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F", fs.VERMILLION),
-                                               ("weight_drift", "‖θ_t − θ_0‖ / ‖θ_0‖", fs.BLUE)),
+        return positive_series_figure(series, (("ntk_drift", r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$", fs.VERMILLION),
+                                               ("weight_drift", r"$\|\theta_t - \theta_0\| / \|\theta_0\|$", fs.BLUE)),
                                       "relative drift", title, Path(out_dir) / "ntk_drift.png", markers=True)
 
 

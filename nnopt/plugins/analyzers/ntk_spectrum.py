@@ -83,8 +83,8 @@ class NTKSpectrum(Analyzer):
         ax.plot(*zip(*pts), marker="o", markersize=2.5, linewidth=1.0)
         set_log_y(ax, [v for _, v in pts])
         ax.set_xlabel("index i (descending)")
-        ax.set_ylabel("eigenvalue λ_i of Θ")
-        ax.set_title(f"NTK spectrum on {results.get('samples', '?')} examples: λ_max {_fmt(results.get('lambda_max'))}, "
+        ax.set_ylabel(r"eigenvalue $\lambda_i$ of $\Theta$")
+        ax.set_title(f"NTK spectrum on {results.get('samples', '?')} examples: $\\lambda_{{\\max}}$ {_fmt(results.get('lambda_max'))}, "
                      f"λ_min {_fmt(results.get('lambda_min'))}, condition {_fmt(results.get('condition_number'))}",
                      fontsize=9)
         ax.grid(True, which="both", alpha=0.3)

@@ -194,14 +194,14 @@ class SignalPropagation(Analyzer):
             levels = results.get("M_quantile_levels") or list(M_QUANTILES)
             ax.fill_between(depth, [max(v, min(values)) for v in lo], hi, alpha=0.25, color=fs.BLUE,
                             label=f"{levels[0]:.0%}–{levels[-1]:.0%} of examples")
-            ax.plot(depth, mid, color=fs.BLUE, label="median Mˡ")
-            ax.plot(*finite_pairs(depth, results.get("M_mean") or []), color=fs.BLACK, linestyle="--", label="mean Mˡ")
+            ax.plot(depth, mid, color=fs.BLUE, label=r"median $M^l$")
+            ax.plot(*finite_pairs(depth, results.get("M_mean") or []), color=fs.BLACK, linestyle="--", label=r"mean $M^l$")
             set_log_y(ax, values)
             ax.legend(fontsize=8)
         var = (results.get("log_M_var") or [math.nan])[-1]
         ax.set_xlabel("weight layer l (input → output)")
-        ax.set_ylabel("Mˡ = ‖zˡ‖²/dˡ")
-        ax.set_title(f"Hanin–Rolnick Mˡ per example (last layer: Var log M = {var:.3g})")
+        ax.set_ylabel(r"$M^l = \|z^l\|^2/d^l$")
+        ax.set_title(f"Hanin–Rolnick $M^l$ per example (last layer: Var log M = {var:.3g})")
         ax.grid(True, which="both", alpha=0.3)
         files.append(save(fig, Path(out_dir) / "signal_propagation_M.png"))
         return files

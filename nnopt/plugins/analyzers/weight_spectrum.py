@@ -156,7 +156,7 @@ class WeightSpectrum(Analyzer):
             return []
         set_log_y(ax, plotted)
         ax.set_xlabel("rank i (largest first)")
-        ax.set_ylabel("singular value σ_i")
+        ax.set_ylabel(r"singular value $\sigma_i$")
         ax.set_title("top singular values per layer (solid: reshaped weight, dashed: conv operator)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if len(layers) <= 12:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -162,7 +163,8 @@ class Train(Stage):
     Outputs: ``weights/final`` (θ_T) and ``weights/step_N`` for every ``N`` in ``keep`` (θ_N,
     so ``N = 0`` is the initialization); ``metrics.jsonl`` with the mean train loss of every
     ``log_every`` steps, test loss/accuracy at each evaluation and each tracked analyzer's
-    results; ``plots/loss.png`` and each tracked analyzer's plots. The final metrics are the
+    results; ``plots/loss.png`` (the loss, and beside it the test accuracy and the learning rate
+    per step) and each tracked analyzer's plots. The final metrics are the
     train and test loss (and accuracy, for classification) measured in eval mode after the
     last step, plus ``steps``, ``epochs``, ``seconds`` and ``steps_per_second``.
 
@@ -380,7 +382,7 @@ class Train(Stage):
                                                             loop.last_finite), tracks, training, sparsity)
             ctx.save_weights(model.state_dict(), step=None)
         if distributed.is_main():  # the other ranks' outputs are discarded: no plots to draw
-            self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
+            self._plots(ctx, loop, tracks)
 
         metrics: dict[str, Any] = {f"train_{k}": v for k, v in train.items()}
         metrics.update({f"test_{k}": v for k, v in test.items()})  # the loop evaluates at the last step
@@ -516,7 +518,7 @@ class Train(Stage):
                   training: dict[str, Any], extra: dict[str, Any] | None = None) -> StageOutcome:
         at, per_epoch = result.diverged_at, loop.per_epoch
         ctx.log_metrics({"step": at, "epoch": at / per_epoch, "loss": result.value, "diverged": True})
-        self._plots(ctx, loop.train_curve, loop.test_curve, tracks)
+        self._plots(ctx, loop, tracks, diverged=(at, result.last_finite))
         return StageOutcome(
             status="diverged",
             metrics={"diverged_at_step": at, "last_finite_loss": result.last_finite, "steps": at,
@@ -526,29 +528,116 @@ class Train(Stage):
         )
 
     @staticmethod
-    def _plots(ctx, train_curve, test_curve, tracks) -> list[Path]:
-        files = [plot_loss(train_curve, test_curve, ctx.plots_dir / "loss.png")] if train_curve or test_curve else []
+    def _plots(ctx, loop: TrainLoop, tracks: list, diverged: tuple[int, float] | None = None) -> list[Path]:
+        files = []
+        if loop.train_curve or loop.test_curve:
+            files.append(plot_loss(loop.train_curve, loop.test_curve, ctx.plots_dir / "loss.png",
+                                   records=_logged_records(ctx), diverged=diverged, stage_id=ctx.stage_id))
         for t in tracks:
             if t.series:
                 files.extend(draw_plots(ctx.out_dir, t.key, t.ref.name, t.analyzer.plot_series, t.series))
         return files
 
 
-def plot_loss(train_curve: list[tuple[int, float]], test_curve: list[tuple[int, float]], path: Path) -> Path:
-    """Train loss per logged window and test loss per evaluation against steps (log y)."""
-    from nnopt.plugins.analyzers._plot import finite_pairs, new_figure, save, set_log_y
+def _logged_records(ctx: Any) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` lines this stage has logged so far (the learning rate and test
+    accuracy of each logged step are read back from there: that file, unlike the loop's
+    curves, survives a resumption intact); ``[]`` where the context keeps none."""
+    import json
 
-    fig, ax = new_figure()
+    handle = getattr(ctx, "_metrics_file", None)
+    if handle is not None:
+        handle.flush()  # the file stays open (buffered) for the rest of the stage
+    path = Path(getattr(ctx, "out_dir", ".")) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """``(steps, values)`` of the records' finite ``key`` values, tracked analyzers' lines left out."""
+    from nnopt.plugins.analyzers._plot import finite_pairs
+
+    rows = [r for r in records if key in r and "track" not in r and not r.get("diverged")]
+    return finite_pairs([r.get("step") for r in rows], [r.get(key) for r in rows])
+
+
+def _spans_decades(values: list[float]) -> bool:
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
+
+
+def loss_figure(train_curve: list[tuple[int, float]], test_curve: list[tuple[int, float]], *,
+                records: Sequence[dict[str, Any]] = (), diverged: tuple[int, float] | None = None,
+                stage_id: str | None = None) -> Any:
+    """The train stage's figure: the train loss per logged window and the test loss per
+    evaluation against step (log y when they span a decade or more); beside it the test
+    accuracy (when ``records`` hold ``test_accuracy``: classification) and the learning rate
+    of each logged step (``lr`` in ``records``). ``diverged = (step, last finite loss)``
+    marks where training diverged. Returns the (unsaved) figure; its axes are ``fig.axes``
+    in that order."""
+    from nnopt.core import figure_style as fs
+    from nnopt.plugins.analyzers._plot import finite_pairs, mark_diverged, new_figure, set_log_y
+
+    acc = _series(list(records), "test_accuracy")
+    lr = _series(list(records), "lr")
+    panels = ["loss", *(["accuracy"] if acc[0] else []), *(["lr"] if lr[0] else [])]
+    fig, axes = new_figure(6.4 if len(panels) == 1 else 4.6 * len(panels), 4.0, 1, len(panels))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    named = dict(zip(panels, axes))
+    where = f" (stage '{stage_id}')" if stage_id else ""
+
+    ax = named["loss"]
     tx, ty = finite_pairs([s for s, _ in train_curve], [v for _, v in train_curve])
     ex, ey = finite_pairs([s for s, _ in test_curve], [v for _, v in test_curve])
     if tx:
-        ax.plot(tx, ty, label="train (window mean)", linewidth=1.2)
-    if ex:
-        ax.plot(ex, ey, "o-", label="test", markersize=3, linewidth=1.2)
-    if ty or ey:
+        ax.plot(tx, ty, label="train (window mean)", color=fs.BLUE)
+    if ex:  # green: the test split's colour in every panel
+        ax.plot(ex, ey, "o-", label="test", markersize=3, color=fs.GREEN)
+    if _spans_decades(ty + ey):
         set_log_y(ax, ty + ey)
+    if diverged is not None:
+        step, last = diverged
+        y = last if isinstance(last, (int, float)) and math.isfinite(last) else max(ty + ey, default=1.0)
+        mark_diverged(ax, step, y, label=f"diverged (step {step})")
+    elif ty or ey:
         ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"loss{where}" if len(panels) == 1 else "train and test loss")
+
+    if "accuracy" in named:
+        ax = named["accuracy"]
+        ax.plot(*acc, "o-", markersize=3, color=fs.GREEN)
+        ax.set_xlabel("step")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("test accuracy")
+    if "lr" in named:
+        ax = named["lr"]
+        ax.plot(*lr, color=fs.PURPLE)
+        if _spans_decades(lr[1]):
+            set_log_y(ax, lr[1])
+        ax.set_xlabel("step")
+        ax.set_ylabel(r"learning rate $\eta$ (first parameter group)")
+        ax.set_title("learning rate")
+    if len(panels) > 1:
+        fig.suptitle(f"training{where}")
+    return fig
+
+
+def plot_loss(train_curve: list[tuple[int, float]], test_curve: list[tuple[int, float]], path: Path, *,
+              records: Sequence[dict[str, Any]] = (), diverged: tuple[int, float] | None = None,
+              stage_id: str | None = None) -> Path:
+    """Draw ``loss_figure`` (same arguments) and write it to ``path`` (PNG; SVG/PDF beside it
+    as ``--figure-format`` asks); returns the path."""
+    from nnopt.plugins.analyzers._plot import save
+
+    fig = loss_figure(train_curve, test_curve, records=records, diverged=diverged, stage_id=stage_id)
     return save(fig, path)
