@@ -360,12 +360,27 @@ class StageContext:
         Call it before writing anything: it cuts ``metrics.jsonl`` back to what was logged when
         the state was saved, and a checkpoint it cannot use (unreadable, or naming metrics lines
         that are gone) is discarded with everything else in ``out_dir``, so that the stage
-        starts over (None). Tensors come back on the CPU (``load_state_dict`` moves them).
+        starts over (None). Tensors come back on the CPU (``load_state_dict`` moves them). The
+        lines kept are handed to the run's trackers again (``_resend_metrics``).
         """
         from . import checkpoint
 
         self.close()  # lines still buffered would land after the cut
-        return checkpoint.load(self.out_dir, self.out_dir / "metrics.jsonl")
+        state = checkpoint.load(self.out_dir, self.out_dir / "metrics.jsonl")
+        if state is not None and self._tracker is not None:
+            self._resend_metrics()
+        return state
+
+    def _resend_metrics(self) -> None:
+        """Hand the run's trackers every line a resumed stage kept from the killed run: this
+        run's tracker run then holds the stage's whole history, not only what follows the
+        checkpoint (the killed run's tracker run has the lines up to the kill)."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file() or self._tracker is None:
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                self._tracker(json.loads(line))
 
     def progress(self, total: int, description: str) -> "StageProgress":
         """A progress bar on stderr (a silent one when progress is off)."""

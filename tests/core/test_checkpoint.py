@@ -63,6 +63,21 @@ def test_a_checkpoint_is_one_file_holding_the_state_and_the_metrics_length(tmp_p
     assert (ctx.out_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
+def test_a_resumed_stage_hands_its_trackers_the_lines_kept_from_the_killed_run(tmp_path):
+    killed = context(tmp_path / "w")
+    killed.log_metrics({"step": 1})
+    killed.log_metrics({"step": 2})
+    killed.save_checkpoint({"step": 2})
+    killed.log_metrics({"step": 3})  # after the checkpoint: recomputed, so logged again by the resumed run
+    killed.close()
+    sent = []
+    resumed = StageContext("train", None, 0, torch.device("cpu"), tmp_path / "w", tracker=sent.append)
+    assert resumed.load_checkpoint() == {"step": 2}
+    assert sent == [{"step": 1}, {"step": 2}]  # this run's tracker run gets the whole history
+    resumed.log_metrics({"step": 3})
+    assert sent[-1] == {"step": 3}
+
+
 def test_a_checkpoint_naming_metrics_lines_that_are_gone_is_discarded_and_the_stage_starts_over(tmp_path):
     ctx = context(tmp_path / "w")
     ctx.log_metrics({"step": 1, "loss": 0.5})
