@@ -130,6 +130,28 @@ set_option = click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", 
 json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 
 
+def _set_figure_format(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """``--figure-format``: through the environment (``figure_style.FORMAT_ENV``), so that sweep
+    worker processes, which inherit it, draw the same files; a bad ``$NNOPT_FIGURE_FORMAT`` is a
+    usage error before anything runs, not a failed stage."""
+    from nnopt.core.figure_style import FORMAT_ENV, figure_formats
+
+    if value:
+        os.environ[FORMAT_ENV] = value
+    try:
+        figure_formats()
+    except ValueError as bad:
+        raise click.UsageError(str(bad)) from None
+
+
+figure_format_option = click.option(
+    "--figure-format", type=click.Choice(["png", "svg", "pdf"]), default=None, expose_value=False, is_eager=True,
+    callback=_set_figure_format,
+    help="also write every plot as SVG or PDF beside its PNG (the PNG is always written; default: "
+         "$NNOPT_FIGURE_FORMAT, else PNG only). Plots belong to a cached stage: a cached stage keeps the "
+         "figures it was drawn with (--force or --redo STAGE redraws them)")
+
+
 # ---------------------------------------------------------------------------------- run
 @main.command()
 @click.argument("file")
@@ -138,6 +160,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print one JS
 @click.option("--redo", multiple=True, metavar="STAGE", help="recompute STAGE and what depends on it")
 @store_option
 @json_option
+@figure_format_option
 @click.option("--no-wait", is_flag=True, help="exit 75 instead of waiting for a stage another run is computing")
 @click.option("--no-progress", is_flag=True, help="no progress bars on stderr")
 @click.option("--track", "track", multiple=True, metavar="NAME",
@@ -611,6 +634,7 @@ def gc(store_dir: str | None, keep_last: int | None, dry_run: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the report (default: in the store)")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
               help="one self-contained HTML file, or Markdown with its PNGs beside it")
+@figure_format_option
 def report(refs: tuple[str, ...], store_dir: str | None, output: str | None, fmt: str) -> None:
     """Write a report of runs: a run id, a sweep (invocation) id, a pipeline name or FILE
     (its latest invocation), or latest (the default); several REFs are compared."""
