@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .component import ArchitectureRef, InitializerRef, NormalizerRef
 from .kinds import DataSplit, Normalizer
@@ -24,9 +24,12 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: ArchitectureRef  # type: ignore[valid-type]
-    init: InitializerRef | None = None  # type: ignore[valid-type]
-    norm: NormalizerRef | None = None  # type: ignore[valid-type]
+    arch: ArchitectureRef = Field(  # type: ignore[valid-type]
+        ..., description="the architecture (kind `architectures`), built for the data's input shape and output size")
+    init: InitializerRef | None = Field(  # type: ignore[valid-type]
+        None, description="re-initializes the parameters after the build (None: the architecture's own init)")
+    norm: NormalizerRef | None = Field(  # type: ignore[valid-type]
+        None, description="the normalizer the architecture places in its layers (None: none)")
 
 
 def build_model(

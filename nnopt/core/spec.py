@@ -73,9 +73,11 @@ class PipelineSpec(BaseModel):
     description: str | None = Field(None, description="free text, shown by `nnopt show`")
     seed: int = Field(0, ge=0, lt=2**63, description="every random choice derives from it")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    data: DatasetRef | None = None  # type: ignore[valid-type]
-    model: ModelSpec | None = None
-    loss: LossRef | None = None  # type: ignore[valid-type]
+    data: DatasetRef | None = Field(  # type: ignore[valid-type]
+        None, description="the dataset every stage uses unless it or the stage it starts from names its own")
+    model: ModelSpec | None = Field(None, description="the model (arch, init, norm) every stage uses unless overridden")
+    loss: LossRef | None = Field(  # type: ignore[valid-type]
+        None, description="the training loss every stage uses unless overridden")
     stages: dict[str, dict[str, Any]] = Field(description="ordered mapping: stage id -> stage")
     matrix: dict[str, list[Any]] | None = Field(None, description="dotted path -> values; one pipeline per combination")
     # where the run's metrics are exported (a name, or {name: ..., <params>}); they are in no
