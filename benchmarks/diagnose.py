@@ -12,6 +12,11 @@
    fell on pipelines that are *not* broken on purpose (``BROKEN_ON_PURPOSE``): false alarms.
 
     python benchmarks/diagnose.py [--repeats 3] [--no-sweep] [--all-combinations] [--only SUBSTRING]
+        [--plot docs/figures/diagnose_pipelines.png] [--from-jsonl FILE]
+
+``--plot PATH`` draws the sweep: seconds per diagnosis and findings per diagnosis (stacked by
+severity), one bar per train stage; ``--from-jsonl FILE`` draws it from the lines a previous
+run printed instead of diagnosing again.
 """
 
 from __future__ import annotations
@@ -136,6 +141,31 @@ def summary(rows: list[dict]) -> dict:
             "false_alarm_details": [[r["file"], r["stage"], [f[0] for f in severe(r)]] for r in false_alarms]}
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """Two panels over every diagnosed train stage: the diagnosis's seconds, and its findings
+    stacked by severity; the pipelines broken on purpose are marked."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in rows if "error" not in r and "findings" in r]
+    labels = [f"{r['file'].removesuffix('.yaml')}:{r['stage']}" + (" *" if r["broken_on_purpose"] else "") for r in rows]
+    fig = Figure(figsize=(max(8.0, 0.28 * len(rows)), 7.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = range(len(rows))
+    top.bar(x, [r["stage_s"] for r in rows], color="#0072B2")
+    top.set_ylabel("seconds per diagnosis (stage)")
+    top.set_title("nnopt diagnose over every shipped train stage (* = broken on purpose)")
+    base = [0] * len(rows)
+    for severity, colour in (("critical", "#D55E00"), ("warning", "#E69F00"), ("info", "#56B4E9")):
+        counts = [sum(f[1] == severity for f in r["findings"]) for r in rows]
+        bottom.bar(x, counts, bottom=base, color=colour, label=severity)
+        base = [b + c for b, c in zip(base, counts)]
+    bottom.set_ylabel("findings")
+    bottom.legend(loc="upper right")
+    bottom.set_xticks(list(x), labels, rotation=90, fontsize=7)
+    fig.savefig(path, dpi=150)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -143,11 +173,22 @@ def main() -> None:
     parser.add_argument("--no-quickstart", action="store_true")
     parser.add_argument("--all-combinations", action="store_true")
     parser.add_argument("--only", default=None, help="only pipeline files whose path contains this")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the sweep to this PNG")
+    parser.add_argument("--from-jsonl", type=Path, default=None, help="draw (and summarize) the lines of an earlier run")
     args = parser.parse_args()
+    if args.from_jsonl is not None:
+        rows = [json.loads(line) for line in args.from_jsonl.read_text().splitlines() if line.startswith('{"file"')]
+        print(json.dumps(summary(rows)))
+        if args.plot:
+            plot(rows, args.plot)
+        return
     if not args.no_quickstart:
         print(json.dumps(quickstart(args.repeats)), flush=True)
     if not args.no_sweep:
-        print(json.dumps(summary(sweep(args.all_combinations, args.only))), flush=True)
+        rows = sweep(args.all_combinations, args.only)
+        print(json.dumps(summary(rows)), flush=True)
+        if args.plot:
+            plot(rows, args.plot)
 
 
 if __name__ == "__main__":

@@ -107,9 +107,9 @@ class LotteryReport(Stage):
         order = {name: i for i, name in enumerate(["dense", "ticket", *spec.controls])}
         rows.sort(key=lambda r: (r["round"], order[r["variant"]]))  # each round's ticket, then its controls
         _write_tables(ctx.out_dir, rows)
-        _plot_accuracy(rows, ctx.plots_dir / "accuracy_vs_weights.png")
+        _plot_accuracy(rows, ctx.plots_dir / "accuracy_vs_weights.png", ctx.stage_id)
         by_round = {r["round"]: r for r in rows if r["variant"] in ("dense", "ticket")}
-        _plot_curves(curves, by_round, ctx.plots_dir / "learning_curves.png")
+        _plot_curves(curves, by_round, ctx.plots_dir / "learning_curves.png", ctx.stage_id)
         last = by_round[len(spec.tickets)]
         metrics = {"rounds": len(spec.tickets), "dense_test_accuracy": by_round[0]["test_accuracy"],
                    "final_weights_remaining": last["weights_remaining"], "final_ticket_test_accuracy": last["test_accuracy"]}
@@ -144,13 +144,14 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     (out_dir / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
-    from nnopt.plugins.analyzers._plot import new_figure, save
+def _plot_accuracy(rows: list[dict[str, Any]], path: Path, stage_id: str = "") -> Path:
+    from nnopt.plugins.analyzers._plot import mark_diverged, new_figure, save
 
     metric = "test_accuracy" if any(r["test_accuracy"] is not None for r in rows) else "test_loss"
     fig, ax = new_figure()
     dense = next(r for r in rows if r["variant"] == "dense")
     variants = ["ticket", *dict.fromkeys(r["variant"] for r in rows if r["variant"] not in ("dense", "ticket"))]
+    crossed: list[tuple[float, float]] = []
     for variant in variants:
         # the ticket's line starts at the dense run (round 0: nothing pruned yet)
         mine = [r for r in rows if (r["variant"] == variant or (variant == "ticket" and r is dense))
@@ -158,11 +159,9 @@ def _plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
         points = [(r["weights_remaining"], r[metric]) for r in mine]
         if points:
             xs, ys = zip(*sorted(points, reverse=True))
-            line, = ax.plot(xs, ys, marker="o", markersize=3, label="winning ticket" if variant == "ticket" else variant)
-            # a diverged run's point (its last finite evaluation) is crossed out, in its line's colour
-            bad = [(r["weights_remaining"], r[metric]) for r in mine if r["status"] == "diverged"]
-            if bad:
-                ax.plot(*zip(*bad), linestyle="none", marker="x", markersize=9, color=line.get_color())
+            ax.plot(xs, ys, marker="o", markersize=3, label="winning ticket" if variant == "ticket" else variant)
+            # a diverged run's point (its last finite evaluation) is crossed out
+            crossed += [(r["weights_remaining"], r[metric]) for r in mine if r["status"] == "diverged"]
     if dense[metric] is not None:
         ax.axhline(dense[metric], color=fs.GREY, linestyle="--", linewidth=1, label="dense")
     ax.set_xscale("log")
@@ -173,26 +172,29 @@ def _plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlim(110.0, min(sparsest, 90.0) / 1.1)
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')} vs weights remaining" + ("  (×: diverged)" if any(
-        r["status"] == "diverged" for r in rows) else ""))
+    ax.set_title((f"stage '{stage_id}': " if stage_id else "") + f"{metric.replace('_', ' ')} vs weights remaining")
     ax.legend()
+    if crossed:
+        mark_diverged(ax, [x for x, _ in crossed], [y for _, y in crossed])
     return save(fig, path)
 
 
-def _plot_curves(curves: dict[int, list[dict[str, Any]]], by_round: dict[int, dict[str, Any]], path: Path) -> Path:
+def _plot_curves(curves: dict[int, list[dict[str, Any]]], by_round: dict[int, dict[str, Any]], path: Path,
+                 stage_id: str = "") -> Path:
     from nnopt.plugins.analyzers._plot import new_figure, save
 
     metric = "test_accuracy" if any(_number(r.get("test_accuracy")) is not None for recs in curves.values() for r in recs) \
         else "test_loss"
     fig, ax = new_figure()
-    for k in sorted(curves):
+    for i, k in enumerate(sorted(curves)):
         pts = [(int(r["step"]), _number(r.get(metric))) for r in curves[k] if "step" in r and _number(r.get(metric)) is not None]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", markersize=2, label=f"round {k} ({by_round[k]['weights_remaining'] or 0:.1f}%)" if k else "dense (round 0)")
+            ax.plot(xs, ys, marker="o", markersize=2, color=fs.ramp(i, len(curves)), label=f"round {k} ({by_round[k]['weights_remaining'] or 0:.1f}%)" if k else "dense (round 0)")
     ax.set_xlabel("step")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title("learning curves of the winning tickets")
+    ax.set_title((f"stage '{stage_id}': " if stage_id else "") + "learning curves of the winning tickets"
+                 + ("  (darker: denser)" if len(curves) > 1 else ""))
     if ax.lines:
         ax.legend()
     return save(fig, path)

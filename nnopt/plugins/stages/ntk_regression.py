@@ -249,11 +249,12 @@ class NTKRegression(Stage):
             ax.axhline(net, color=fs.GREEN, linestyle=":", linewidth=1.5, label=f"network {compare['stage']}: {net:.4g}")
         if finite_any:
             ax.set_xscale("log")
-            ax.set_xlabel("t (η · steps of gradient flow)")
+            ax.set_xlabel(r"$t$ ($\eta\,\cdot$ steps of gradient flow)")
         else:
             ax.set_xticks([])
         ax.set_ylabel(metric.replace("_", " "))
-        ax.set_title(f"kernel regression ({results.get('kernel')}, {results.get('samples')} training examples)", fontsize=9)
+        ax.set_title(f"stage '{ctx.stage_id}': kernel regression ({results.get('kernel')}, "
+                     f"{results.get('samples')} training examples)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         save(fig, ctx.plots_dir / "ntk_regression.png")

@@ -159,7 +159,8 @@ def test_the_heatmap_is_drawn_from_one_step_and_needs_a_positive_norm(tmp_path):
     assert analyzer.plot_series([(0, zero)], tmp_path / "zero") == []
 
 
-def test_the_heatmap_colorbar_parses_no_mathtext(tmp_path):
+def test_the_heatmap_colorbar_ticks_parse_no_mathtext(tmp_path):
+    # the labels are mathtext (the norm's symbol); the log colorbar's ticks are plain numbers
     import subprocess
     import sys
 
@@ -170,9 +171,10 @@ def test_the_heatmap_colorbar_parses_no_mathtext(tmp_path):
         "from nnopt.plugins.analyzers.grad_norms import _heatmap\n"
         "r = {'layers': {'a.weight': 3.0, 'b.weight': 1e-4}}\n"
         f"_heatmap([(0, r), (10, r)], ['a.weight', 'b.weight'], __import__('pathlib').Path({str(tmp_path / 'h.png')!r}))\n"
-        "print(parsed)\n"
+        "print(sorted(set(parsed)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["[]"]
+    parsed = eval(out.stdout)
+    assert parsed and all("partial" in s and "10^" not in s and "mathdefault" not in s for s in parsed), parsed
     assert (tmp_path / "h.png").stat().st_size > 1000
