@@ -94,6 +94,19 @@ def measure_at_init(ctx: AnalysisContext, samples: int = 256) -> dict[str, Any]:
     return out
 
 
+def measure_units(ctx: AnalysisContext, samples: int = 256) -> dict[str, Any]:
+    """Only the ``units`` part of ``measure_at_init`` (dead ReLUs, saturated tanh/sigmoid
+    units) on the same examples, in eval mode: cheap enough to repeat after training."""
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    try:
+        x, _ = _examples(ctx, samples)
+        return _units(model, x)
+    finally:
+        model.train(was_training)
+
+
 # ---------------------------------------------------------------------- parts
 def _examples(ctx: AnalysisContext, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The train examples ``signal_propagation.sample_inputs`` picks, with their targets."""

@@ -174,13 +174,23 @@ class LrAboveCurvature(Check):
             return None
         rule = get(evidence, "curvature.threshold.rule", "")
         new_lr = setup.lr * 0.5 / ratio  # half the largest stable rate: λ·η' = half the bound
+        # Above the bound a network may still train: the loss rises, the curvature falls below
+        # the bound and training goes on (the catapult phase; BatchNorm's scale invariance does
+        # the same). Only when the probe diverged or stalled is it the problem.
+        decrease = get(evidence, "probe.loss.relative_decrease")
+        recovered = get(evidence, "probe.status") == "ok" and finite(decrease) and decrease >= 0.5
+        severity: Severity = "info" if recovered else "critical"
+        title = f"λmax = {lam:.3g} at initialization is above the stability bound {bound:.3g} ({rule})"
+        title += ("; the probe trained anyway (catapult)" if recovered else ": the step is unstable from the start")
         return self.finding(
-            "critical", f"the step is unstable from the start: λmax = {lam:.3g} > {bound:.3g} ({rule})",
-            {"lambda_max": lam, "threshold": bound, "ratio": ratio, "lr": setup.lr, "plot": "plots/lr_range.png"},
+            severity, title,
+            {"lambda_max": lam, "threshold": bound, "ratio": ratio, "lr": setup.lr, "relative_decrease": decrease,
+             "plot": "plots/lr_range.png"},
             "On a quadratic, gradient descent with step η diverges along every Hessian direction with λ > 2/η (with "
             "momentum β the bound is 2(1+β)/η); the loss's sharpness at initialization is above it, so the first "
-            "steps amplify rather than reduce the error (survey §5.1 on the step size; Cohen et al. 2021, \"Gradient "
-            "descent on neural networks typically occurs at the edge of stability\").",
+            "steps amplify rather than reduce the error unless the curvature falls fast enough (survey §5.1 on the "
+            "step size; Cohen et al. 2021, \"Gradient descent on neural networks typically occurs at the edge of "
+            "stability\"; Lewkowycz et al. 2020, the catapult phase).",
             f"lower the learning rate to {round_sig(new_lr)} (half the stability bound at initialization)",
             [lr_change(setup, new_lr)], ("curvature.at_init_ratio", ratio, "lower"))
 
@@ -254,7 +264,9 @@ class ForwardScale(Check):
 
     def examine(self, evidence, setup):
         ratio = get(evidence, "at_init.forward.q_ratio")
-        if not finite(ratio) or setup.norm not in (None, "none"):
+        # with normalization the scale is reset at every layer, and with shortcuts the signal
+        # travels the identity path (Fixup starts branches at zero on purpose): not this finding
+        if not finite(ratio) or ratio <= 0 or setup.norm not in (None, "none") or setup.has_skips:
             return None
         bad = ratio > 1e4 if self.direction == "exploding" else ratio < 1e-4
         if not bad:
@@ -286,7 +298,7 @@ class GradientScale(Check):
 
     def examine(self, evidence, setup):
         ratio = get(evidence, "at_init.gradients.first_last_ratio")
-        if not finite(ratio) or ratio <= 0 or setup.depth < 3:
+        if not finite(ratio) or ratio <= 0 or setup.depth < 3 or setup.has_skips:  # shortcuts carry the gradient
             return None
         bad = ratio > 1e3 if self.direction == "exploding" else ratio < 1e-3
         if not bad:

@@ -25,6 +25,7 @@ from nnopt.core.rebuild import resolved, written
 from nnopt.core.spec import ExpansionError
 from nnopt.core.stage import Stage, StageContext, StageOutcome, StageSpec, json_safe
 
+from ..analyzers.hvp import analysis_mode
 from ..diagnosis import findings as vocabulary
 from ..diagnosis.findings import Change, Finding, Setup
 from ._common import derived_generator, seed_everything
@@ -174,7 +175,7 @@ class Diagnose(Stage):
             raise StageError("diagnose: the stage was not expanded (write it as {kind: diagnose, of: STAGE})")
         started = time.perf_counter()
         examination = Examination(ctx, spec)
-        before = examination.measure(spec.train, ctx.model_spec, ctx.data_ref, "probe", lr_range=spec.lr_range)
+        before = examination.measure(spec.train, ctx.model_spec, ctx.data_ref, "probe", full=True)
         found = vocabulary.diagnose(before.evidence, before.setup, on_error=examination.note_error)
         tried = examination.try_fixes(found, before)
         examination.plot(before, tried)
@@ -269,8 +270,10 @@ class Examination:
         self.errors.append(f"check {check.id}: {type(err).__name__}: {err}")
 
     # ------------------------------------------------------------ measuring
-    def measure(self, train: TrainSpec, model_spec: ModelSpec, data_ref: Any, name: str, lr_range: bool) -> _Measured:
-        """Every instrument on one configuration; ``name`` is its directory in the stage."""
+    def measure(self, train: TrainSpec, model_spec: ModelSpec, data_ref: Any, name: str, full: bool) -> _Measured:
+        """Every instrument on one configuration; ``name`` is its directory in the stage.
+        ``full=False`` (a fix tried) leaves out what no finding's before/after reads: the range
+        test, the noise scale and the curvature after the probe."""
         import torch
 
         from ..diagnosis import at_init, curvature, noise_scale
@@ -289,30 +292,36 @@ class Examination:
         setup = _setup(train, model_spec, data, model, opt, int(sub.batch_size))
         evidence: dict[str, Any] = {}
 
-        t = time.perf_counter()
-        model.eval()
-        actx = AnalysisContext(model=model, loss_fn=loss_fn, data=data, device=device, generator=generator,
-                               model_spec=model_spec)
-        evidence["at_init"] = self._guard("at_init", lambda: at_init.measure_at_init(actx, samples=min(256, spec.examples)))
-        setup.depth = _depth(evidence["at_init"], setup.depth)
-        timings["at_init"] = time.perf_counter() - t
+        # Normalization layers' running statistics are meaningless at initialization (mean 0,
+        # variance 1, whatever the data): measured in eval mode with them, a BatchNorm net looks
+        # exploding. Re-estimate them over the examples first (restored after), so that eval
+        # mode normalizes as training's batch statistics do.
+        with analysis_mode(model, "recompute", x, max(2, min(setup.batch_size, int(x.shape[0])))):
+            t = time.perf_counter()
+            model.eval()
+            actx = AnalysisContext(model=model, loss_fn=loss_fn, data=data, device=device, generator=generator,
+                                   model_spec=model_spec)
+            evidence["at_init"] = self._guard("at_init", lambda: at_init.measure_at_init(actx, samples=min(256, spec.examples)))
+            setup.depth = _depth(evidence["at_init"], setup.depth)
+            timings["at_init"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        threshold = curvature.stability_threshold(train.optimizer.name, opt.params.model_dump())
-        at0 = self._guard("curvature", lambda: curvature.top_eigenvalue(model, loss_fn, x, y, generator))
-        evidence["curvature"] = {"threshold": threshold, "at_init": at0,
-                                 "at_init_ratio": _ratio(at0, threshold)}
-        timings["curvature"] = time.perf_counter() - t
+            t = time.perf_counter()
+            threshold = curvature.stability_threshold(train.optimizer.name, opt.params.model_dump())
+            at0 = self._guard("curvature", lambda: curvature.top_eigenvalue(model, loss_fn, x, y, generator))
+            evidence["curvature"] = {"threshold": threshold, "at_init": at0,
+                                     "at_init_ratio": _ratio(at0, threshold)}
+            timings["curvature"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        batch = max(1, min(setup.batch_size, setup.n_train))
-        big = min(setup.n_train // 8, 8 * batch)
-        evidence["noise_scale"] = (self._guard("noise_scale", lambda: noise_scale.gradient_noise_scale(
-            model, loss_fn, data.x_train, data.y_train, generator, small_batch=max(1, big // 8), big_batch=big))
-            if big >= 8 else {"skipped": "too few examples for two batch sizes"})
-        timings["noise_scale"] = time.perf_counter() - t
+            if full:
+                t = time.perf_counter()
+                batch = max(1, min(setup.batch_size, setup.n_train))
+                big = min(setup.n_train // 8, 8 * batch)
+                evidence["noise_scale"] = (self._guard("noise_scale", lambda: noise_scale.gradient_noise_scale(
+                    model, loss_fn, data.x_train, data.y_train, generator, small_batch=max(1, big // 8), big_batch=big))
+                    if big >= 8 else {"skipped": "too few examples for two batch sizes"})
+                timings["noise_scale"] = time.perf_counter() - t
 
-        if lr_range:
+        if full and spec.lr_range:
             t = time.perf_counter()
             evidence["lr_range"] = self._lr_range(model, opt, loss_fn, data, setup, generator, device)
             timings["lr_range"] = time.perf_counter() - t
@@ -325,15 +334,16 @@ class Examination:
             t = time.perf_counter()
             trained_model, optimizer = trained
             trained_model.eval()
-            pre = curvature.adam_preconditioner(optimizer, trained_model) if threshold.get("preconditioned") else None
-            after = self._guard("curvature after the probe", lambda: curvature.top_eigenvalue(
-                trained_model, loss_fn, x, y, generator, preconditioner=pre))
-            evidence["curvature"]["after_probe"] = after
-            evidence["curvature"]["after_probe_ratio"] = _ratio(after, threshold)
+            if full:
+                pre = curvature.adam_preconditioner(optimizer, trained_model) if threshold.get("preconditioned") else None
+                after = self._guard("curvature after the probe", lambda: curvature.top_eigenvalue(
+                    trained_model, loss_fn, x, y, generator, preconditioner=pre))
+                evidence["curvature"]["after_probe"] = after
+                evidence["curvature"]["after_probe_ratio"] = _ratio(after, threshold)
             actx2 = AnalysisContext(model=trained_model, loss_fn=loss_fn, data=data, device=device, generator=generator,
                                     model_spec=model_spec)
-            units = self._guard("units after the probe", lambda: at_init.measure_at_init(actx2, samples=min(256, spec.examples)))
-            evidence["after_probe"] = {"units": units.get("units")} if isinstance(units, dict) else {}
+            evidence["after_probe"] = {"units": self._guard("units after the probe", lambda: at_init.measure_units(
+                actx2, samples=min(256, spec.examples)))}
             timings["after_probe"] = time.perf_counter() - t
         return _Measured(json_safe(evidence), setup, timings, probe.get("loss", {}).get("curve", []))
 
@@ -424,7 +434,7 @@ class Examination:
         except ValueError as err:
             return {"verified": False, "before": _summary(before, finding), "after": {"error": str(err)}}
         try:
-            after = self.measure(train, model_spec, data_ref, f"fix_{finding.id}", lr_range=False)
+            after = self.measure(train, model_spec, data_ref, f"fix_{finding.id}", full=False)
         except StageError as err:
             return {"verified": False, "before": _summary(before, finding), "after": {"error": str(err)}}
         after_findings = vocabulary.diagnose(after.evidence, after.setup)

@@ -49,6 +49,16 @@ def test_lr_above_curvature_fires_above_the_bound_and_halves_the_stable_rate():
     assert one("lr_above_curvature", ev) is None
 
 
+def test_above_the_bound_a_probe_that_trains_anyway_is_an_observation_not_a_failure():
+    ev = {"curvature": {"at_init": {"lambda_max": 30.0}, "threshold": {"threshold": 20.0}},
+          "probe": {"status": "ok", "loss": {"relative_decrease": 0.9}}}
+    assert one("lr_above_curvature", ev).severity == "info"  # the catapult: the curvature came down
+    ev["probe"]["loss"]["relative_decrease"] = 0.1
+    assert one("lr_above_curvature", ev).severity == "critical"
+    ev["probe"] = {"status": "diverged"}
+    assert one("lr_above_curvature", ev).severity == "critical"
+
+
 def test_lr_above_curvature_ignores_a_preconditioned_bound_at_initialization():
     ev = {"curvature": {"at_init": {"lambda_max": 1e6}, "threshold": {"threshold": 20.0, "preconditioned": True}}}
     assert one("lr_above_curvature", ev) is None
@@ -90,6 +100,10 @@ def test_forward_scale_recommends_the_activations_variance_preserving_init_and_s
     assert one("vanishing_forward", ev, setup(activation="tanh")).patch[0].value == {"name": "critical"}
     assert one("vanishing_forward", ev, setup(activation="linear")).patch[0].value == {"name": "orthogonal"}
     assert one("vanishing_forward", ev, setup(norm="batchnorm")) is None
+    # a residual net's branches may start at zero (Fixup): the signal takes the shortcuts
+    assert one("vanishing_forward", ev, setup(arch="resnet", has_skips=True)) is None
+    assert one("vanishing_gradients", {"at_init": {"gradients": {"first_last_ratio": 1e-9}}},
+               setup(arch="resnet", has_skips=True, depth=20)) is None
 
 
 def test_gradient_scale_compares_the_first_and_last_layer():
