@@ -116,6 +116,31 @@ def _rows_of(columns: list[Any], rows: list[Any]) -> list[list[Any]]:
     return [[r.get(c) for c in columns] if isinstance(r, dict) else list(r) for r in rows]
 
 
+def by_item(v: Any) -> Any:
+    """An analyzer's result with its per-item lists drawn as one table: where a dict holds two
+    or more lists of one length N (2 ≤ N ≤ ``MAX_ROWS``) of plain values — per layer
+    (``layers``, ``q_hat``, ``q``), per eigenvalue (``eigenvalues``, ``residuals``) — they
+    become the columns of ``{columns, rows}`` under the key ``by item`` (a list of names, if
+    there is one, first; else a ``#`` column), and the rest of the dict stays as it was."""
+    if not isinstance(v, dict):
+        return v
+    plain = (str, int, float, bool, type(None))
+    lists = {k: x for k, x in v.items() if isinstance(x, list) and 2 <= len(x) <= MAX_ROWS
+             and all(isinstance(e, plain) for e in x)}
+    lengths: dict[int, list[str]] = {}
+    for k, x in lists.items():
+        lengths.setdefault(len(x), []).append(k)
+    if not lengths:
+        return v
+    n, keys = max(lengths.items(), key=lambda item: (len(item[1]), item[0]))
+    if len(keys) < 2:
+        return v
+    names = next((k for k in keys if all(isinstance(e, str) for e in lists[k])), None)
+    columns = ([names] if names else ["#"]) + [k for k in keys if k != names]
+    rows = [[lists[names][i] if names else i + 1, *(lists[k][i] for k in keys if k != names)] for i in range(n)]
+    return {"by item": {"columns": columns, "rows": rows}, **{k: x for k, x in v.items() if k not in keys}}
+
+
 # ------------------------------------------------------------------ HTML
 def _esc(v: Any) -> str:
     return html.escape(v if isinstance(v, str) else number(v))
@@ -215,7 +240,7 @@ def to_html(title: str, blocks: list[Any]) -> str:
         elif isinstance(b, Table):
             parts.append(_html_table(b.columns, b.rows, b.sortable, b.caption))
         elif isinstance(b, Results):
-            parts.append(f"<h4>{html.escape(b.name)}</h4>{value_html(b.value)}")
+            parts.append(f"<h4>{html.escape(b.name)}</h4>{value_html(by_item(b.value))}")
         elif isinstance(b, Image):
             data = base64.b64encode(b.png).decode("ascii")
             parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(b.caption)}'>"
@@ -280,7 +305,7 @@ def to_markdown(title: str, blocks: list[Any], path: Path) -> tuple[str, list[Pa
         elif isinstance(b, Table):
             lines += ([b.caption, ""] if b.caption else []) + _md_table(b.columns, b.rows) + [""]
         elif isinstance(b, Results):
-            lines += value_md(b.name, b.value)
+            lines += value_md(b.name, by_item(b.value))
         elif isinstance(b, Image):
             file = path.parent / f"{len(images) + 1:02d}_{_slug(b.name)}"
             file.parent.mkdir(parents=True, exist_ok=True)

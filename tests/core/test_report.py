@@ -172,3 +172,17 @@ def test_in_headless_chromium_every_image_loads_the_sweep_table_sorts_and_the_pa
     assert sorted(first) in (first, first[::-1]) and second == first[::-1] and first != second
     shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("L")
     assert shot.size[0] > 0 and ImageStat.Stat(shot).stddev[0] > 5  # text, tables and plots: not one blank colour
+
+
+def test_per_layer_lists_of_a_result_become_one_table_with_the_names_first():
+    from nnopt.core.report_render import by_item
+
+    result = {"layers": ["linear1", "linear2", "output"], "q_hat": [1.0, 0.5, 0.25], "q": [1.0, 0.6, 0.3],
+              "total": 3.0, "histogram": [1, 2]}
+    shown = by_item(result)
+    assert shown["by item"] == {"columns": ["layers", "q_hat", "q"],
+                                "rows": [["linear1", 1.0, 1.0], ["linear2", 0.5, 0.6], ["output", 0.25, 0.3]]}
+    assert shown["total"] == 3.0 and shown["histogram"] == [1, 2]  # not aligned with the layers: kept as is
+    eig = by_item({"eigenvalues": [3.0, 2.0], "residuals": [1e-4, 2e-4]})["by item"]
+    assert eig["columns"] == ["#", "eigenvalues", "residuals"] and eig["rows"][1] == [2, 2.0, 2e-4]
+    assert by_item({"weights": [1.0, 2.0]}) == {"weights": [1.0, 2.0]}  # one list is not a table
