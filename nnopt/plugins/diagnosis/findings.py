@@ -143,6 +143,22 @@ def _written_schedule(setup: Setup) -> Any:
     return setup.schedule if setup.schedule not in (None, "") else "constant"
 
 
+#: schedules that rescale the rate they wrap (``then``): a warmup goes inside them, so that it
+#: ramps the rescaled rate up (Goyal et al.'s warmup to the linearly scaled rate)
+RESCALING = frozenset({"linear_scaling"})
+
+
+def warmup_change(schedule: Any, length: int) -> Change:
+    """The schedule with a linear warmup of ``length`` steps from 1% of the rate in front of
+    it, or, below a rescaling schedule, in front of what that schedule wraps."""
+    if isinstance(schedule, dict) and schedule.get("name") in RESCALING:
+        inner = schedule.get("then", "constant")
+        return Change("train", ("schedule", "then"), {"name": "warmup", "length": length, "unit": "steps",
+                                                      "start_factor": 0.01, "then": inner})
+    return Change("train", ("schedule",), {"name": "warmup", "length": length, "unit": "steps", "start_factor": 0.01,
+                                           "then": schedule})
+
+
 # ----------------------------------------------------------------------- the checks
 class Check:
     """Base of the checks: ``examine`` returns a ``Finding`` or None."""
@@ -406,9 +422,8 @@ class NeedsWarmup(Check):
         unstable = diverged or (finite(spike) and spike > 1.5)
         if not unstable:
             return None
-        length = max(1, min(setup.steps // 10, 500))
-        schedule = {"name": "warmup", "length": length, "unit": "steps", "start_factor": 0.01,
-                    "then": _written_schedule(setup)}
+        length = max(1, min(setup.steps // 3, 2000))  # a third of a short run, at most 2000 steps
+        patch = [warmup_change(_written_schedule(setup), length)]
         return self.finding(
             "critical" if diverged else "warning",
             f"{setup.optimizer} at batch {setup.batch_size} without warmup: the loss rose to {spike:.3g}× its first "
@@ -419,7 +434,7 @@ class NeedsWarmup(Check):
             "few gradients, so the full rate makes the first updates too large; a gradual warmup of the rate avoids "
             "the early instability (survey §5.1, §5.4; Goyal et al. 2017; Liu et al. 2020, \"On the variance of the "
             "adaptive learning rate\").",
-            f"warm the rate up linearly over the first {length} steps", [Change("train", ("schedule",), schedule)],
+            f"warm the rate up linearly over the first {length} steps", patch,
             ("probe.early.max_over_first", spike, "lower"))
 
 

@@ -139,7 +139,13 @@ def test_needs_warmup_wraps_the_written_schedule_in_a_warmup():
     adam = setup(optimizer="adam", schedule={"name": "cosine"}, steps=600)
     f = one("needs_warmup", ev, adam)
     assert f.patch[0].path == ("schedule",)
-    assert f.patch[0].value == {"name": "warmup", "length": 60, "unit": "steps", "start_factor": 0.01, "then": {"name": "cosine"}}
+    assert f.patch[0].value == {"name": "warmup", "length": 200, "unit": "steps", "start_factor": 0.01,
+                                "then": {"name": "cosine"}}
+    # below linear scaling, the warmup ramps up the scaled rate (Goyal et al.)
+    scaled = one("needs_warmup", ev, dataclasses.replace(adam, schedule={"name": "linear_scaling", "base_batch": 8,
+                                                                         "then": "cosine"}))
+    assert scaled.patch == [Change("train", ("schedule", "then"), {"name": "warmup", "length": 200, "unit": "steps",
+                                                                   "start_factor": 0.01, "then": "cosine"})]
     assert one("needs_warmup", ev, dataclasses.replace(adam, has_warmup=True)) is None
     assert one("needs_warmup", ev, setup()) is None  # plain SGD at batch 64: not its case
     explained = {**ev, "curvature": {"at_init_ratio": 3.0}}  # a step above the curvature explains it
