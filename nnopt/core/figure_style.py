@@ -19,6 +19,7 @@ Importing this module does not import matplotlib (a cached run draws nothing).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +42,32 @@ SEQUENTIAL = "cividis"
 DPI = 150
 FORMATS = ("png", "svg", "pdf")
 FORMAT_ENV = "NNOPT_FIGURE_FORMAT"
+
+#: the run a figure belongs to (``labelled``): written in small grey type in its corner
+_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("nnopt_figure_label", default=None)
+
+
+@contextlib.contextmanager
+def labelled(text: str | None) -> Iterator[None]:
+    """Every figure ``save`` writes meanwhile carries ``text`` in its lower right corner: the
+    runner names the pipeline, the stage and the matrix values there, so a figure taken out
+    of its directory (into a paper draft, a slide) still says which run drew it."""
+    token = _LABEL.set(text)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
+
+
+def run_label(pipeline: str, stage: str, params: dict[str, Any] | None = None) -> str:
+    """``pipeline · stage · lr=0.05, seed=1``: the matrix values by the last part of their path."""
+    shown = ", ".join(f"{str(k).rsplit('.', 1)[-1]}={_short(v)}" for k, v in (params or {}).items())
+    return " · ".join(x for x in (pipeline, stage, shown) if x)
+
+
+def _short(value: Any) -> str:
+    text = value.get("name", str(value)) if isinstance(value, dict) else str(value)
+    return text if len(text) <= 24 else text[:21] + "…"
 
 _RC: dict[str, Any] = {
     "axes.prop_cycle": None,  # filled in by style(): a cycler needs matplotlib
@@ -126,10 +153,15 @@ def figure_formats() -> tuple[str, ...]:
 
 def save(fig: Any, path: Path | str) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parents created; 150 dpi) and, as
-    ``figure_formats()`` asks, as SVG / PDF beside it (same stem); returns the PNG's path."""
+    ``figure_formats()`` asks, as SVG / PDF beside it (same stem); returns the PNG's path.
+    Inside ``labelled(text)`` the figure carries ``text`` in its lower right corner."""
     formats = figure_formats()  # first: a bad setting fails before anything is written
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    label = _LABEL.get()
+    if label and not getattr(fig, "_nnopt_labelled", False):
+        fig.text(0.998, 0.002, label, ha="right", va="bottom", fontsize=6, color=GREY)
+        fig._nnopt_labelled = True  # saved twice (two formats, a redraw): one label
     with style():
         fig.savefig(path, format="png", dpi=DPI)
         for fmt in formats[1:]:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import distributed
+from . import distributed, figure_style
 from .errors import StageError
 from .gc_policy import freeze_survivors
 from .planner import Plan, PlannedStage
@@ -243,7 +243,8 @@ def _compute(plan: Plan, st: PlannedStage, store: Store, progress: bool, argv: l
     start_wall, t0 = time.time(), time.perf_counter()
     try:
         try:
-            outcome = st.cls(st.spec).run(ctx)
+            with figure_style.labelled(figure_style.run_label(plan.name, st.id, getattr(plan, "params", None))):
+                outcome = st.cls(st.spec).run(ctx)
         finally:
             ctx.close()
     except StageError as err:

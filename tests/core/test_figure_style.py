@@ -98,3 +98,19 @@ def test_png_bytes_is_a_150_dpi_png():
     fig, _ = fs.new_figure(2.0, 2.0)
     with Image.open(io.BytesIO(fs.png_bytes(fig))) as im:
         assert im.size == (300, 300)
+
+
+def test_a_figure_saved_inside_labelled_names_its_run_in_a_corner(tmp_path):
+    from nnopt.core import figure_style
+
+    assert figure_style.run_label("quickstart", "train", {"stages.train.optimizer.lr": 0.05, "seed": 1}) == \
+        "quickstart · train · lr=0.05, seed=1"
+    fig, ax = figure_style.new_figure()
+    ax.plot([0, 1], [0, 1])
+    with figure_style.labelled("quickstart · train"):
+        figure_style.save(fig, tmp_path / "a.png")
+        figure_style.save(fig, tmp_path / "b.png")  # saved again: still one label
+    assert [t.get_text() for t in fig.texts] == ["quickstart · train"]
+    fig2, _ = figure_style.new_figure()
+    figure_style.save(fig2, tmp_path / "c.png")  # outside: no label
+    assert fig2.texts == []
