@@ -634,7 +634,6 @@ def gc(store_dir: str | None, keep_last: int | None, dry_run: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the report (default: in the store)")
 @click.option("--format", "fmt", type=click.Choice(["html", "md"]), default="html", show_default=True,
               help="one self-contained HTML file, or Markdown with its PNGs beside it")
-@figure_format_option
 def report(refs: tuple[str, ...], store_dir: str | None, output: str | None, fmt: str) -> None:
     """Write a report of runs: a run id, a sweep (invocation) id, a pipeline name or FILE
     (its latest invocation), or latest (the default); several REFs are compared."""
