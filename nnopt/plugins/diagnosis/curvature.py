@@ -200,7 +200,6 @@ def adam_preconditioner(optimizer: "torch.optim.Optimizer", model: "nn.Module") 
     a parameter the optimizer trains has no such state yet (before the first step, or an
     optimizer that is not Adam-like).
     """
-    import torch
 
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     out: dict[str, torch.Tensor] = {}

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from nnopt.core.component import DatasetRef, LossRef
+from nnopt.core.component import DatasetRef
 from nnopt.core.errors import StageError
 from nnopt.core.kinds import AnalysisContext
 from nnopt.core.loop import BackwardStep, LoopCallback
