@@ -43,13 +43,13 @@ DPI = 150
 FORMATS = ("png", "svg", "pdf")
 FORMAT_ENV = "NNOPT_FIGURE_FORMAT"
 
-#: the run a figure belongs to (``labelled``): written in small grey type in its corner
+#: the run a figure belongs to (``labelled``): written in small grey type in its lower left corner
 _LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("nnopt_figure_label", default=None)
 
 
 @contextlib.contextmanager
 def labelled(text: str | None) -> Iterator[None]:
-    """Every figure ``save`` writes meanwhile carries ``text`` in its lower right corner: the
+    """Every figure ``save`` writes meanwhile carries ``text`` in its lower left corner: the
     runner names the pipeline, the stage and the matrix values there, so a figure taken out
     of its directory (into a paper draft, a slide) still says which run drew it."""
     token = _LABEL.set(text)
@@ -154,13 +154,16 @@ def figure_formats() -> tuple[str, ...]:
 def save(fig: Any, path: Path | str) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parents created; 150 dpi) and, as
     ``figure_formats()`` asks, as SVG / PDF beside it (same stem); returns the PNG's path.
-    Inside ``labelled(text)`` the figure carries ``text`` in its lower right corner."""
+    Inside ``labelled(text)`` the figure carries ``text`` in its lower left corner."""
     formats = figure_formats()  # first: a bad setting fails before anything is written
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     label = _LABEL.get()
     if label and not getattr(fig, "_nnopt_labelled", False):
-        fig.text(0.998, 0.002, label, ha="right", va="bottom", fontsize=6, color=GREY)
+        engine = fig.get_layout_engine()
+        if hasattr(engine, "set") and type(engine).__name__ == "ConstrainedLayoutEngine":
+            engine.set(rect=(0, 0.04, 1, 0.96))  # a strip at the bottom for the label, below every x label
+        fig.text(0.002, 0.002, label, ha="left", va="bottom", fontsize=6, color=GREY)
         fig._nnopt_labelled = True  # saved twice (two formats, a redraw): one label
     with style():
         fig.savefig(path, format="png", dpi=DPI)
