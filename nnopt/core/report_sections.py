@@ -275,19 +275,24 @@ def comparison_blocks(store: Store, runs: list[dict[str, Any]], title: str) -> l
     out += [Heading(3, "settings"), Table(["run", *SETTINGS], setting_rows, sortable=True)]
     from .figure_style import new_figure
 
-    fig, ax = new_figure()
+    many = len(runs) > 8  # a long legend goes beside the axes, in columns, not over the curves
+    fig, ax = new_figure(9.6 if many else 6.4, 4.0 + (0.12 * max(0, len(runs) - 16) if many else 0.0))
     drawn = 0
     for r in runs:
         pts = _curve(store, r, table.stage)
         if pts:
+            # past the palette's 8 colours, a new line style tells the runs apart
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label(r, {k: all_settings[r['run']][k] for k in varied}),
-                    marker="o" if len(pts) < 12 else None)
+                    marker="o" if len(pts) < 12 else None, linestyle=("-", "--", ":", "-.")[drawn // 8 % 4])
             drawn += 1
     if drawn:
         ax.set_xlabel("step")
         ax.set_ylabel("test loss")
         ax.set_title(f"{title}: test loss of each run")
-        ax.legend(fontsize="small")
+        if many:
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(runs) // 17)
+        else:
+            ax.legend(fontsize="small")
         out.append(Image(_png(fig), "Test loss against step, one line per run (legend: its swept values or differing settings)",
                          "test_loss_curves.png"))
     with tempfile.TemporaryDirectory() as tmp:
