@@ -18,6 +18,7 @@ from typing import Any
 
 from .report_render import Details, Graph, Heading, Image, KeyValues, Para, Results, Table, number
 from .store import Store, read_json
+from .sweep_summary import short_value
 
 #: captions of the plots nnopt's own stages and analyzers write, by file stem
 CAPTIONS = {
@@ -222,8 +223,8 @@ def label(run: dict[str, Any], differing: dict[str, str]) -> str:
     """How a run is named in a legend: its swept values, else the settings in which it differs."""
     params = run.get("params") or {}
     if params:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={number(v)}" for k, v in params.items())
-    return ", ".join(f"{k}={v}" for k, v in differing.items()) or run["run"]
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in params.items())
+    return ", ".join(f"{k}={short_value(v)}" for k, v in differing.items()) or run["run"]
 
 
 def _curve(store: Store, run: dict[str, Any], stage: str | None) -> list[tuple[float, float]]:
@@ -276,7 +277,8 @@ def comparison_blocks(store: Store, runs: list[dict[str, Any]], title: str) -> l
     from .figure_style import new_figure
 
     many = len(runs) > 8  # a long legend goes beside the axes, in columns, not over the curves
-    fig, ax = new_figure(9.6 if many else 6.4, 4.0 + (0.12 * max(0, len(runs) - 16) if many else 0.0))
+    columns = 1 + len(runs) // 33  # one column of legend up to 32 runs; the figure grows to hold it
+    fig, ax = new_figure(9.6 if many else 6.4, 4.0 + (0.16 * max(0, len(runs) / columns - 20) if many else 0.0))
     drawn = 0
     for r in runs:
         pts = _curve(store, r, table.stage)
@@ -290,7 +292,7 @@ def comparison_blocks(store: Store, runs: list[dict[str, Any]], title: str) -> l
         ax.set_ylabel("test loss")
         ax.set_title(f"{title}: test loss of each run")
         if many:
-            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(runs) // 17)
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns)
         else:
             ax.legend(fontsize="small")
         out.append(Image(_png(fig), "Test loss against step, one line per run (legend: its swept values or differing settings)",

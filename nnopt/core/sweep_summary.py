@@ -199,7 +199,7 @@ def plot_metric(table: SweepTable, metric: str, axis: str, out_dir: Path) -> Pat
     others = [a for a in table.axes if a != axis]
     series: dict[str, list[tuple[float, float]]] = {}
     for v, y, row in points:
-        label = ", ".join(f"{a.rsplit('.', 1)[-1]}={_value(row['params'].get(a))}" for a in others)
+        label = ", ".join(f"{a.rsplit('.', 1)[-1]}={short_value(row['params'].get(a))}" for a in others)
         series.setdefault(label, []).append((position[json.dumps(v, sort_keys=not numeric)], float(y)))
     fig, ax = new_figure()
     for label, pts in series.items():
@@ -209,17 +209,32 @@ def plot_metric(table: SweepTable, metric: str, axis: str, out_dir: Path) -> Pat
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 50:
         ax.set_xscale("log")
     if not numeric:
-        ax.set_xticks(list(position.values()), [_value(json.loads(k)) for k in position], rotation=20)
+        ax.set_xticks(list(position.values()), [short_value(json.loads(k)) for k in position], rotation=20, ha="right")
     ax.set_xlabel(axis)
     ax.set_ylabel(metric)
     ax.set_title(f"{table.pipeline}: {metric} against {axis.rsplit('.', 1)[-1]}")
-    if len(series) > 1:
+    if len(series) > 8:  # a long legend beside the axes, not over the points
+        fig.set_size_inches(9.6, 4.0 + 0.12 * max(0, len(series) - 16))
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(series) // 17)
+    elif len(series) > 1:
         ax.legend(fontsize="small")
     return save(fig, out_dir / f"{_safe(metric)}_vs_{_safe(axis)}.png")
 
 
 def _scalar(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def short_value(v: Any, limit: int = 24) -> str:
+    """A swept value as a tick or legend label: a component as ``sgd lr=0.01 momentum=0.9``
+    (its scalar params whole: they tell the runs apart; at most 40 characters), anything
+    else cut to ``limit`` (a whole stage mapping would squeeze the axes to nothing)."""
+    if isinstance(v, dict) and isinstance(v.get("name"), str):
+        params = " ".join(f"{k}={_number(x)}" for k, x in v.items() if k != "name" and isinstance(x, (int, float, str, bool)))
+        text, limit = f"{v['name']} {params}".strip(), max(limit, 40)
+    else:
+        text = _number(v) if isinstance(v, float) else _value(v)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _value(v: Any) -> str:

@@ -157,3 +157,12 @@ def test_a_failed_combination_is_ranked_last_and_fail_fast_stops_the_serial_swee
     rows = list(csv.DictReader(open(out2["sweep"]["csv"])))
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
     assert rows[-1]["test_accuracy"] == ""
+
+
+def test_a_swept_value_is_labelled_short_with_a_components_params_whole():
+    from nnopt.core.sweep_summary import short_value
+
+    assert short_value({"name": "sgd", "lr": 0.01, "momentum": 0.9}) == "sgd lr=0.01 momentum=0.9"
+    stage = {"kind": "train", "optimizer": "sgd", "steps": 300, "log_every": 25, "eval_every": 300}
+    assert len(short_value(stage)) == 24 and short_value(stage).endswith("…")
+    assert short_value(0.05) == "0.05" and short_value([64, 64]) == "[64,64]"
